@@ -1,0 +1,417 @@
+"""Python client of the ecd daemon: one ZeroMQ DEALER speaking the EC protocol.
+
+A :class:`Client` owns one DEALER socket, created lazily by the first request and guarded by a
+lock. Do not share a Client across ``fork()``: the child notices the pid change and builds a
+fresh socket, but the parent's socket is never used from the child.
+
+Calls are durable once :meth:`Client.call` returns: the daemon answered ACCEPTED after its
+write-ahead log committed the call. A CALL that gets no answer is re-sent with the same call id
+(the daemon answers duplicates with ``duplicate=True`` and does not queue them twice), so a
+submit is idempotent. Results are fetched with long-polling GETs until the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+import protocol
+
+from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_ENDPOINT", "AsyncResult", "Client", "Function", "Signature", "Socket",
+           "default_endpoint", "resolve_endpoints"]
+
+DEFAULT_ENDPOINT = "ipc:///var/lib/ec/ecd.sock"
+MAX_WAIT_MS = 5000          # longest single GET long-poll
+_RETRY_PAUSE = 0.2          # pause before retrying when the daemon is away
+
+
+def default_endpoint() -> str:
+    """``ipc://$EC_DATA_DIR/ecd.sock`` when EC_DATA_DIR is set, else :data:`DEFAULT_ENDPOINT`."""
+    data_dir = os.environ.get("EC_DATA_DIR")
+    if data_dir:
+        return f"ipc://{os.path.join(data_dir, 'ecd.sock')}"
+    return DEFAULT_ENDPOINT
+
+
+def resolve_endpoints(endpoint: str | None = None) -> list[str]:
+    """Endpoint list: explicit argument > env EC_ENDPOINT > default; comma-separated allowed."""
+    raw = endpoint or os.environ.get("EC_ENDPOINT") or default_endpoint()
+    endpoints = [part.strip() for part in raw.split(",") if part.strip()]
+    if not endpoints:
+        raise EcctlError(f"invalid endpoint {raw!r}")
+    return endpoints
+
+
+def _ipc_path(endpoint: str) -> str | None:
+    """Filesystem path of an ``ipc://`` endpoint (None for other transports/abstract names)."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://"):]
+    if not path or path.startswith("@"):
+        return None
+    return path
+
+
+class Client:
+    """Connection to one ecd daemon.
+
+    ``timeout`` is the deadline of one request (a CALL is re-sent inside it); ``connect_timeout``
+    bounds the first exchange: no answer by then raises :class:`NoDaemon`.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 connect_timeout: float = 5.0, resend_interval: float | None = None) -> None:
+        self.endpoints = resolve_endpoints(endpoint)
+        self.endpoint = self.endpoints[0]
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.resend_interval = (float(resend_interval) if resend_interval is not None
+                                else max(1.0, self.timeout / 5))
+        self._lock = threading.RLock()
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._pid = os.getpid()
+        self._answered = False       # True once any reply came back
+
+    # -- socket management -------------------------------------------------------------
+
+    def _socket(self) -> zmq.Socket:
+        if self._pid != os.getpid():     # forked: never touch the parent's sockets
+            self._ctx, self._sock, self._pid = None, None, os.getpid()
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 65536)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _reset(self) -> None:
+        """Drop the socket (and whatever it queued); the next request makes a new one."""
+        if self._sock is not None and self._pid == os.getpid():
+            self._sock.close(linger=0)
+        self._sock = None
+
+    def close(self) -> None:
+        """Close the socket and the context."""
+        with self._lock:
+            self._reset()
+            if self._ctx is not None and self._pid == os.getpid():
+                self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _check_ipc(self) -> None:
+        path = _ipc_path(self.endpoint)
+        if path is not None and not os.path.exists(path):
+            raise NoDaemon(self.endpoint)
+
+    def _exchange(self, msg: Any, timeout: float) -> Any | None:
+        """Send ``msg`` once; the matching reply, or None (socket reset) when none came."""
+        sock = self._socket()
+        rid = msg.request_id
+        sock.send_multipart(protocol.encode(msg), copy=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if time.monotonic() < deadline:
+                    continue
+                self._reset()
+                return None
+            frames = sock.recv_multipart()
+            try:
+                reply = protocol.decode(frames)
+            except protocol.ProtocolError as exc:
+                if getattr(exc, "request_id", b"") == rid:
+                    raise ServerError(exc.code, f"bad reply from daemon: {exc.reason}") from exc
+                log.warning("dropping undecodable reply: %s", exc)
+                continue
+            if reply.request_id != rid:
+                log.debug("dropping stale reply %r", reply.request_id)
+                continue
+            return reply
+
+    def request(self, msg: Any, *, wait: float = 0.0, resend: bool = False,
+                timeout: float | None = None) -> Any:
+        """Send one request, return its reply message.
+
+        ``wait`` is extra time the daemon may legitimately hold the request (GET long-poll).
+        With ``resend`` the request is re-sent every ``resend_interval`` until the deadline.
+        Raises NoDaemon, CallTimeout, or ServerError for an ERROR reply.
+        """
+        with self._lock:
+            self._check_ipc()
+            msg = dataclasses.replace(msg, request_id=os.urandom(8))
+            start = time.monotonic()
+            deadline = start + (self.timeout if timeout is None else timeout) + wait
+            first = not self._answered
+            if first:
+                deadline = min(deadline, start + self.connect_timeout + wait)
+            while True:
+                remaining = deadline - time.monotonic()
+                attempt = min(remaining, self.resend_interval + wait) if resend else remaining
+                reply = self._exchange(msg, max(attempt, 0.0))
+                if reply is not None:
+                    break
+                if time.monotonic() >= deadline:
+                    if first:
+                        raise NoDaemon(self.endpoint)
+                    raise CallTimeout(f"no reply from {self.endpoint} in time")
+                self._check_ipc()
+                log.debug("no reply yet, re-sending %s", type(msg).__name__)
+            self._answered = True
+        if isinstance(reply, protocol.Error):
+            raise ServerError(reply.code, reply.reason, reply.detail)
+        return reply
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def submit(self, socket: str, args: tuple[Any, ...] | list[Any] = (),
+               kwargs: Mapping[str, Any] | None = None, *, call_id: str | None = None) -> AsyncResult:
+        """Submit a call of ``socket``; returns once the daemon durably accepted it."""
+        msg = protocol.Call(socket=socket, args=protocol.pack(list(args)),
+                            kwargs=protocol.pack(dict(kwargs or {})),
+                            call_id=call_id or str(uuid.uuid4()))
+        reply = self.request(msg, resend=True)
+        if not isinstance(reply, protocol.Accepted):
+            raise EcctlError(f"unexpected reply to CALL: {type(reply).__name__}")
+        return AsyncResult(self, reply.call_id, seq=reply.seq, node=reply.node,
+                           duplicate=reply.duplicate)
+
+    def call(self, socket: str, *args: Any, call_id: str | None = None, **kwargs: Any) -> AsyncResult:
+        """Submit ``socket(*args, **kwargs)``; see :meth:`submit`."""
+        return self.submit(socket, args, kwargs, call_id=call_id)
+
+    def poll(self, call_id: str, wait: float = 0.0) -> Any:
+        """One GET: the RESULT or PENDING message."""
+        wait_ms = max(0, int(wait * 1000))
+        return self.request(protocol.Get(call_id=call_id, wait_ms=wait_ms),
+                            wait=wait_ms / 1000, resend=True)
+
+    def result(self, call_id: str, timeout: float | None = None) -> Any:
+        """Wait for the call's result (``timeout=None``: forever); raise RemoteError if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = MAX_WAIT_MS / 1000 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout(f"call {call_id} not finished after {timeout}s", call_id)
+            try:
+                reply = self.poll(call_id, min(remaining, MAX_WAIT_MS / 1000))
+            except (CallTimeout, NoDaemon) as exc:     # the daemon may be restarting
+                log.info("waiting for daemon: %s", exc)
+                time.sleep(_RETRY_PAUSE)
+                continue
+            except ServerError as exc:
+                if exc.code != protocol.E_UNAVAILABLE:
+                    raise
+                time.sleep(_RETRY_PAUSE)
+                continue
+            if isinstance(reply, protocol.Result):
+                return _outcome(reply)
+
+    # -- admin -------------------------------------------------------------------------------
+
+    def ping(self) -> dict[str, Any]:
+        """PING: ``{"node", "version", "time", "rtt"}``."""
+        start = time.monotonic()
+        reply = self.request(protocol.Ping(), resend=True)
+        return {"node": reply.node, "version": reply.version, "time": reply.time,
+                "rtt": time.monotonic() - start}
+
+    def admin(self, op: str, **args: Any) -> Any:
+        """Run an admin op (see DESIGN.md "Admin ops"); returns the reply data."""
+        reply = self.request(protocol.Admin(op=op, args=args))
+        return reply.data
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status dict."""
+        return self.admin("status")
+
+    def add_queue(self, name: str, type: str = "direct") -> dict[str, Any]:
+        """Create a queue."""
+        return self.admin("add_queue", name=name, type=type)
+
+    def add_processor(self, name: str, gitrepo: str, module: str, **options: Any) -> dict[str, Any]:
+        """Create a processor; options: concurrency, branch, commit, retries, retry_delay, ..."""
+        return self.admin("add_processor", name=name, gitrepo=gitrepo, module=module, **options)
+
+    def add_socket(self, name: str, processor: str, function: str, queue: str) -> dict[str, Any]:
+        """Create a socket binding ``processor.function`` to ``queue``."""
+        return self.admin("add_socket", name=name, processor=processor, function=function,
+                          queue=queue)
+
+    def delete(self, kind: str, name: str) -> dict[str, Any]:
+        """Delete a ``queue``, ``processor`` or ``socket``."""
+        return self.admin(f"delete_{kind}", name=name)
+
+    def ls(self, kind: str) -> list[dict[str, Any]]:
+        """List ``queues``, ``processors`` or ``sockets``."""
+        return self.admin(f"ls_{kind}")
+
+    def ls_calls(self, limit: int = 50, offset: int = 0, unfinished: bool = False) -> dict[str, Any]:
+        """Recent calls: ``{"total": int, "calls": [...]}``."""
+        return self.admin("ls_calls", limit=limit, offset=offset, unfinished=unfinished)
+
+    def ls_call(self, id: str, result: bool = False) -> dict[str, Any]:
+        """One call's record with its events (and decoded ``result`` when asked)."""
+        args: dict[str, Any] = {"id": id}
+        if result:
+            args["result"] = True
+        return self.admin("ls_call", **args)
+
+
+def _outcome(reply: Any) -> Any:
+    """Value of a RESULT message, or raise RemoteError."""
+    if reply.ok:
+        return protocol.unpack(reply.value)
+    error = reply.error or {}
+    raise RemoteError(str(error.get("type", "Error")), str(error.get("message", "")),
+                      str(error.get("traceback", "")), reply.call_id)
+
+
+_UNSET = object()
+
+
+class AsyncResult:
+    """Handle of a submitted call."""
+
+    def __init__(self, client: Client, call_id: str, *, seq: int | None = None,
+                 node: str | None = None, duplicate: bool = False) -> None:
+        self.client = client
+        self.id = call_id
+        self.seq = seq
+        self.node = node
+        self.duplicate = duplicate
+        self._state = "queued"
+        self._reply: Any = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self._state}>"
+
+    def _check(self) -> bool:
+        if self._reply is None:
+            reply = self.client.poll(self.id, 0)
+            if isinstance(reply, protocol.Result):
+                self._reply = reply
+                self._state = "done" if reply.ok else "failed"
+            else:
+                self._state = reply.state
+        return self._reply is not None
+
+    def ready(self) -> bool:
+        """True when the call has finished (one GET with wait_ms=0)."""
+        return self._check()
+
+    @property
+    def state(self) -> str:
+        """Current state: queued, running, retrying, done or failed (asks the daemon)."""
+        self._check()
+        return self._state
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The call's return value; None waits forever. Raises RemoteError or CallTimeout."""
+        if self._reply is not None:
+            return _outcome(self._reply)
+        try:
+            value = self.client.result(self.id, timeout)
+        except RemoteError:
+            self._state = "failed"
+            raise
+        self._state = "done"
+        return value
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A call not yet submitted: socket name plus partial arguments.
+
+    Calling a Signature returns a new one with more arguments (``Function("f").p(1)(2)``);
+    :meth:`delay` submits it, :meth:`apply` submits and waits.
+    """
+
+    function: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    client: Client | None = field(default=None, compare=False, repr=False)
+    endpoint: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The socket name."""
+        return self.function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Signature:
+        return dataclasses.replace(self, args=self.args + args, kwargs={**self.kwargs, **kwargs})
+
+    def _client(self) -> Client:
+        return self.client if self.client is not None else Client(self.endpoint)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Submit with extra arguments appended; returns once accepted."""
+        return self._client().submit(self.function, self.args + args, {**self.kwargs, **kwargs})
+
+    def apply(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Submit and wait for the value."""
+        return self.delay(*args, **kwargs).get(timeout)
+
+
+class Function:
+    """A remote function (an ecd socket) called like a local one: ``Function("add")(1, 2)``."""
+
+    def __init__(self, name: str, *, endpoint: str | None = None, client: Client | None = None) -> None:
+        self.name = name
+        self._endpoint = endpoint
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Function({self.name!r})"
+
+    @property
+    def client(self) -> Client:
+        """The client used (created on first use when none was given)."""
+        with self._lock:
+            if self._client is None:
+                self._client = Client(self._endpoint)
+            return self._client
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Submit a call; returns once the call is durably accepted."""
+        return self.client.submit(self.name, args, kwargs)
+
+    @property
+    def p(self) -> Signature:
+        """A partial signature: ``f.p(1, x=2)`` is ``Signature(f.name, (1,), {"x": 2})``."""
+        return Signature(self.name, client=self.client, endpoint=self._endpoint)
+
+
+Socket = Function

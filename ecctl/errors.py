@@ -1,0 +1,55 @@
+"""Exceptions raised by the ecctl client.
+
+Every error the client raises on purpose derives from :class:`EcctlError`::
+
+    EcctlError
+    ├── NoDaemon        nothing answers at the endpoint
+    ├── RemoteError     the user's code raised (carries type, message, traceback, call id)
+    ├── ServerError     the daemon refused a request (carries the protocol error code)
+    └── CallTimeout     the deadline passed (also a :class:`TimeoutError`)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EcctlError(Exception):
+    """Base class of every error ecctl raises on purpose."""
+
+
+class NoDaemon(EcctlError):
+    """No daemon answers at ``endpoint``."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(f"no daemon at {endpoint}")
+        self.endpoint = endpoint
+
+
+class RemoteError(EcctlError):
+    """The user's code raised while running a call; ``str()`` is ``"<Type>: <message>"``."""
+
+    def __init__(self, type: str, message: str, traceback: str = "", call_id: str = "") -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.call_id = call_id
+
+
+class ServerError(EcctlError):
+    """The daemon refused a request (unknown socket, bad arguments, ...)."""
+
+    def __init__(self, code: int, reason: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.detail = dict(detail or {})
+
+
+class CallTimeout(EcctlError, TimeoutError):
+    """A request or a call did not complete before its deadline."""
+
+    def __init__(self, message: str, call_id: str = "") -> None:
+        super().__init__(message)
+        self.call_id = call_id

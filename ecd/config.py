@@ -1,0 +1,132 @@
+"""Daemon configuration: one frozen dataclass, built from defaults, a TOML file, the environment
+and the command line, in that order of precedence (each later source overrides the earlier).
+
+Environment variables: ``EC_DATA_DIR``, ``EC_LISTEN`` (comma-separated), ``EC_DB``, ``EC_NAME``,
+``EC_CPUS``, ``EC_VENV_DIR``, ``EC_LOG_LEVEL``, ``EC_GRACE``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+#: Where state lives when nothing else is said (systemd's StateDirectory=ec).
+DEFAULT_DATA_DIR = Path("/var/lib/ec")
+#: Seconds running calls get to finish after SIGTERM before they are requeued.
+DEFAULT_GRACE = 30.0
+#: Seconds a finished call (and its result) stays in the log.
+DEFAULT_RESULT_TTL = 24 * 3600.0
+#: Initial LMDB map size; it grows by itself when full.
+DEFAULT_MAP_SIZE = 256 << 20
+#: Seconds between topology change checks (SQLite change counter).
+DEFAULT_TOPOLOGY_POLL = 1.0
+#: Seconds before a failed processor's code is prepared again.
+DEFAULT_PREPARE_RETRY = 60.0
+
+ENV_PREFIX = "EC_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``ecd run`` needs to start a node."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    listen: tuple[str, ...] = ()
+    db: str = ""
+    name: str = ""
+    cpus: int = 0
+    venv_dir: Path | None = None
+    grace: float = DEFAULT_GRACE
+    result_ttl: float = DEFAULT_RESULT_TTL
+    map_size: int = DEFAULT_MAP_SIZE
+    topology_poll: float = DEFAULT_TOPOLOGY_POLL
+    prepare_retry: float = DEFAULT_PREPARE_RETRY
+    log_level: str = "INFO"
+
+    @property
+    def ipc_endpoint(self) -> str:
+        """The local clients' endpoint, always served: ``ipc://<data-dir>/ecd.sock``."""
+        return f"ipc://{self.data_dir / 'ecd.sock'}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return (self.ipc_endpoint, *self.listen)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a raw value from TOML, env or CLI into the field's type, or raise ConfigError."""
+    try:
+        if name in ("data_dir", "venv_dir"):
+            return Path(str(value)).expanduser().resolve() if value not in (None, "") else None
+        if name == "listen":
+            if isinstance(value, str):
+                value = [v for v in (p.strip() for p in value.split(",")) if v]
+            items = tuple(str(v) for v in value)
+            for item in items:
+                if not item.startswith(("tcp://", "ipc://")):
+                    raise ConfigError(f"listen: {item!r} is not a tcp:// or ipc:// endpoint")
+            return items
+        if name in ("cpus", "map_size"):
+            number = int(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        if name in ("grace", "result_ttl", "topology_poll", "prepare_retry"):
+            number = float(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        return str(value)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {value!r} is not valid ({exc})") from exc
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the node's configuration: defaults, then ``config_file``, then ``environ``, then
+    ``overrides`` (command-line values; ``None`` means not given)."""
+    environ = os.environ if environ is None else environ
+    known = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as handle:
+                data = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+        data = data.get("ecd", data)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown keys {', '.join(unknown)}")
+        values.update(data)
+    for name in known:
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value not in (None, ""):
+            values[name] = env_value
+    for name, value in (overrides or {}).items():
+        if value is not None and value != ():
+            values[name] = value
+    coerced = {name: _coerce(name, value) for name, value in values.items()}
+    config = Config(**{k: v for k, v in coerced.items() if v is not None})
+    if not config.db:
+        config = replace(config, db=f"sqlite:///{config.data_dir / 'topology.db'}")
+    if not config.name:
+        config = replace(config, name=socket.gethostname())
+    if not config.cpus:
+        config = replace(config, cpus=os.cpu_count() or 1)
+    if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level: {config.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return config

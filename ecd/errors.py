@@ -1,0 +1,104 @@
+"""Exceptions raised inside the ecd daemon.
+
+Every error the daemon raises on purpose derives from :class:`EcdError`::
+
+    EcdError
+    ├── ConfigError            bad command line, config file or environment
+    ├── TopologyError          the topology store refused an operation
+    │   ├── NotFound           an object named in a request does not exist
+    │   ├── AlreadyExists      an object with that name exists already
+    │   ├── InvalidName        a name or field fails validation
+    │   ├── StillReferenced    deleting it would orphan other objects
+    │   └── StoreUnavailable   the database cannot be reached
+    ├── RepoError              a processor's code cannot be cloned, installed or imported
+    ├── WalError               the write-ahead log failed
+    │   ├── CommitFailed       a batch could not be made durable (never acknowledged)
+    │   └── CorruptRecord      a record failed its checksum
+    └── WorkerError            a worker process could not be started or talked to
+
+Each carries a short, user-facing message; ``code`` maps it onto a protocol error code.
+"""
+
+from __future__ import annotations
+
+
+class EcdError(Exception):
+    """Base class of every error the daemon raises on purpose."""
+
+    code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(EcdError):
+    """The command line, config file or environment is invalid."""
+
+    code = 400
+
+
+class TopologyError(EcdError):
+    """The topology store refused an operation."""
+
+    code = 422
+
+
+class NotFound(TopologyError):
+    """An object named in a request does not exist."""
+
+    code = 404
+
+
+class AlreadyExists(TopologyError):
+    """An object with the same name exists already."""
+
+    code = 409
+
+
+class InvalidName(TopologyError):
+    """A name or field value fails validation."""
+
+    code = 422
+
+
+class StillReferenced(TopologyError):
+    """The object is referenced by others and cannot be deleted."""
+
+    code = 409
+
+
+class StoreUnavailable(TopologyError):
+    """The topology database cannot be reached."""
+
+    code = 503
+
+
+class RepoError(EcdError):
+    """A processor's repository cannot be cloned, installed or imported."""
+
+    code = 424
+
+
+class WalError(EcdError):
+    """The write-ahead log failed."""
+
+    code = 500
+
+
+class CommitFailed(WalError):
+    """A batch of records could not be made durable; nothing in it is acknowledged."""
+
+    code = 507
+
+
+class CorruptRecord(WalError):
+    """A log record failed its checksum."""
+
+    code = 500
+
+
+class WorkerError(EcdError):
+    """A worker process could not be started or talked to."""
+
+    code = 500

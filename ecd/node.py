@@ -1,0 +1,679 @@
+"""One ElasticCode node: wires the parts together and runs the event loop.
+
+Start order: data-dir lock -> kill orphaned workers -> write-ahead log (recovery) -> topology ->
+client sockets -> READY. One thread runs the loop; it owns the ZeroMQ sockets, the worker pipes
+and all call state. Blocking work (database, git, pip) runs in :mod:`ecd.background` threads,
+and fsyncs in the log's writer thread; both report back through file descriptors the loop polls.
+
+Stop order (SIGTERM/SIGINT): STOPPING=1, refuse new calls, let running calls finish within the
+grace period, requeue the rest durably, stop workers, flush the log, close sockets, exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import heapq
+import logging
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import protocol
+
+from . import __version__
+from . import calls as C
+from .admin import AdminHandler
+from .background import Background
+from .config import Config
+from .errors import ConfigError, EcdError, RepoError, WorkerError
+from .processors import FAILED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
+from .repos import CodeLoader
+from .scheduler import Scheduler
+from .sdnotify import Notifier
+from .server import Frontend, Peer
+from .topology import TopologyStore
+from .wal import Wal
+from .workers import Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready, make_support_dir
+
+logger = logging.getLogger(__name__)
+
+#: Longest the loop sleeps without looking at its timers.
+MAX_POLL_MS = 1000
+#: Seconds a worker gets to exit after "stop" before it is killed.
+WORKER_STOP_GRACE = 2.0
+
+
+class Node:
+    """An ecd daemon: ``Node(config).run()`` returns the process exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.stop_requested = False
+        self.stopping = False
+        self.active: dict[str, dict[str, Any]] = {}  # calls not yet finished-and-committed
+        self.ack_waiters: dict[str, list[tuple[Peer, bytes]]] = {}
+        self.result_waiters: dict[str, list[tuple[Peer, bytes]]] = {}
+        self.get_timers: list[tuple[float, int, str, Peer, bytes]] = []
+        self.running: dict[str, tuple[ProcessorRuntime, WorkerSlot]] = {}
+        self.runtimes: dict[str, ProcessorRuntime] = {}
+        self.fd_owner: dict[int, tuple[str, ProcessorRuntime, WorkerSlot]] = {}
+        self.scheduler = Scheduler(config.cpus)
+        self.topology: Any = None
+        self._timer_seq = 0
+        self._next_topology_check = 0.0
+        self._next_watchdog = 0.0
+        self._grace_deadline = 0.0
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._lock_data_dir()
+        self.notifier = Notifier()
+        self.registry = ProcessRegistry(cfg.data_dir / "workers.json")
+        killed = self.registry.kill_orphans()
+        if killed:
+            logger.warning("killed %d orphaned worker(s) left by a previous ecd: %s", len(killed), killed)
+        self.wal = Wal(cfg.data_dir / "wal", map_size=cfg.map_size, result_ttl=cfg.result_ttl)
+        self.wal.start()
+        self.node_id = self.wal.node_id
+        self.store = TopologyStore(cfg.db)
+        self.store.create_schema()
+        self.topology = self.store.snapshot()
+        self.loader = CodeLoader(cfg.data_dir, cfg.venv_dir)
+        self.support_dir = make_support_dir(cfg.data_dir / "runtime")
+        self.bg_db = Background(threads=1, name="ecd-db")
+        self.bg_code = Background(threads=2, name="ecd-code")
+        self.admin = AdminHandler(self)
+        recovered = self._recover()
+        self.context = zmq.Context()
+        self.frontend = Frontend(self.context, cfg.endpoints)
+        try:
+            self.store.register_node(cfg.name, ",".join(self.frontend.bound), cfg.cpus, __version__)
+        except EcdError as exc:
+            logger.warning("cannot register node in the topology: %s", exc)
+        self._sig_r, self._sig_w = os.pipe()
+        os.set_blocking(self._sig_r, False)
+        os.set_blocking(self._sig_w, False)
+        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.poller = zmq.Poller()
+        for sock in self.frontend.sockets:
+            self.poller.register(sock, zmq.POLLIN)
+        for fd in (self.wal.wake_fd, self.bg_db.wake_fd, self.bg_code.wake_fd, self._sig_r):
+            self.poller.register(fd, zmq.POLLIN)
+        self._reconcile()
+        logger.info(
+            "node %s (%s) ready: %d cpus, %d call(s) recovered, endpoints %s",
+            cfg.name, self.node_id, cfg.cpus, recovered, ", ".join(self.frontend.bound),
+        )
+        self.notifier.ready()
+        self.notifier.status(f"serving on {', '.join(self.frontend.bound)}")
+
+    def _lock_data_dir(self) -> None:
+        self._lock_file = open(self.config.data_dir / "ecd.lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ConfigError(f"another ecd is running on {self.config.data_dir}") from exc
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+
+    def _recover(self) -> int:
+        """Requeue every unfinished call from the log: leased-but-unfinished become ready."""
+        count = 0
+        now = time.time()
+        for record in self.wal.pending():
+            if record["state"] == C.RUNNING:
+                C.mark_requeued(record, "Requeued after restart (the attempt was interrupted)", now)
+            self.active[record["id"]] = record
+            due = record.get("not_before") or 0.0 if record["state"] == C.RETRYING else 0.0
+            if record["state"] == C.RETRYING:
+                record["state"] = C.QUEUED
+            self.scheduler.push(record["socket"], record["id"], due=due, now=now)
+            count += 1
+        return count
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    # -- loop -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.initialize()
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def loop(self) -> None:
+        while True:
+            if self.stop_requested and not self.stopping:
+                self._begin_stop()
+            if self.stopping and (not self.running or time.monotonic() >= self._grace_deadline):
+                return
+            if self.wal.fatal:
+                logger.critical("the write-ahead log failed fatally; stopping the node")
+                self._begin_stop()
+                return
+            timeout = self._run_timers()
+            events = self.poller.poll(timeout)
+            for item, _ in events:
+                self._handle_ready(item)
+
+    def _handle_ready(self, item: Any) -> None:
+        if isinstance(item, zmq.Socket):
+            for peer, message in self.frontend.receive(item):
+                self._handle_request(peer, message)
+            self.dispatch()
+            return
+        fd = item
+        if fd == self.wal.wake_fd:
+            self._handle_commits()
+        elif fd == self.bg_db.wake_fd:
+            self.bg_db.drain()
+        elif fd == self.bg_code.wake_fd:
+            self.bg_code.drain()
+        elif fd == self._sig_r:
+            try:
+                while os.read(self._sig_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        elif fd in self.fd_owner:
+            kind, runtime, slot = self.fd_owner[fd]
+            if kind == "channel":
+                for event in slot.process.read_events():
+                    self._handle_worker_event(runtime, slot, event)
+            else:
+                slot.process.read_output(fd)
+                if fd not in slot.process.output_fds:  # EOF
+                    self._unregister_fd(fd)
+        self.dispatch()
+
+    def _run_timers(self) -> int:
+        """Fire due timers; return the poll timeout in ms until the next one."""
+        mono = time.monotonic()
+        now = time.time()
+        next_at = mono + MAX_POLL_MS / 1000
+        # GET long polls that ran out
+        while self.get_timers and self.get_timers[0][0] <= mono:
+            _, _, call_id, peer, request_id = heapq.heappop(self.get_timers)
+            waiters = self.result_waiters.get(call_id)
+            if waiters and (peer, request_id) in waiters:
+                waiters.remove((peer, request_id))
+                if not waiters:
+                    del self.result_waiters[call_id]
+                record = self.active.get(call_id)
+                state = record["state"] if record else "unknown"
+                self.frontend.send(peer, protocol.Pending(call_id=call_id, state=state, request_id=request_id))
+        if self.get_timers:
+            next_at = min(next_at, self.get_timers[0][0])
+        # delayed retries
+        due = self.scheduler.promote_due(now)
+        if due is not None:
+            next_at = min(next_at, mono + max(0.0, due - now))
+        # time limits, respawns, preparation retries
+        for runtime in list(self.runtimes.values()):
+            for slot in list(runtime.slots.values()):
+                if slot.deadline is not None:
+                    if slot.deadline <= mono:
+                        self._time_limit_exceeded(runtime, slot)
+                    else:
+                        next_at = min(next_at, slot.deadline)
+            if runtime.respawn_at is not None:
+                if runtime.respawn_at <= mono:
+                    runtime.respawn_at = None
+                    self._spawn_workers(runtime)
+                else:
+                    next_at = min(next_at, runtime.respawn_at)
+            if runtime.status == FAILED and runtime.prepare_at is not None and runtime.prepare_at <= mono:
+                self._prepare(runtime)
+        if mono >= self._next_topology_check and not self.stopping:
+            self._next_topology_check = mono + self.config.topology_poll
+            self.bg_db.submit(self.store.version, self._on_topology_version)
+        if self.notifier.enabled:
+            interval = self.notifier.watchdog_interval()
+            if interval and mono >= self._next_watchdog:
+                self.notifier.watchdog()
+                self._next_watchdog = mono + interval
+        if self.stopping:
+            next_at = min(next_at, self._grace_deadline)
+        self.dispatch()
+        return max(0, int((next_at - time.monotonic()) * 1000) + 1)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _handle_request(self, peer: Peer, message: Any) -> None:
+        if isinstance(message, protocol.ProtocolError):
+            detail: dict[str, Any] = {}
+            if isinstance(message, protocol.UnsupportedVersion):
+                detail["versions"] = list(message.versions)
+            logger.info("bad request from %s: %s", peer.identity.hex(), message.reason)
+            self.frontend.send(peer, protocol.Error(
+                code=message.code, reason=message.reason, detail=detail, request_id=message.request_id))
+            return
+        try:
+            if isinstance(message, protocol.Call):
+                self._handle_call(peer, message)
+            elif isinstance(message, protocol.Get):
+                self._handle_get(peer, message)
+            elif isinstance(message, protocol.Admin):
+                self.admin.handle(peer, message)
+            elif isinstance(message, protocol.Ping):
+                self.frontend.send(peer, protocol.Pong(
+                    node=self.config.name, version=__version__, time=time.time(), request_id=message.request_id))
+            else:
+                self._error(peer, message.request_id, protocol.E_MALFORMED,
+                            f"{type(message).__name__} is not a request")
+        except EcdError as exc:
+            self._error(peer, message.request_id, exc.code, exc.message)
+        except Exception:
+            logger.exception("request %s failed", type(message).__name__)
+            self._error(peer, message.request_id, protocol.E_INTERNAL, "internal error (see the ecd log)")
+
+    def _error(self, peer: Peer, request_id: bytes, code: int, reason: str, **detail: Any) -> None:
+        self.frontend.send(peer, protocol.Error(code=code, reason=reason, detail=detail, request_id=request_id))
+
+    def _handle_call(self, peer: Peer, msg: protocol.Call) -> None:
+        call_id = msg.call_id or str(uuid.uuid4())
+        if call_id in self.active or call_id in self.ack_waiters:
+            if call_id in self.ack_waiters:
+                self.ack_waiters[call_id].append((peer, msg.request_id))
+            else:
+                record = self.active[call_id]
+                self.frontend.send(peer, protocol.Accepted(
+                    call_id=call_id, seq=record["seq"], node=self.config.name, duplicate=True,
+                    request_id=msg.request_id))
+            return
+        if self.stopping:
+            self._error(peer, msg.request_id, protocol.E_UNAVAILABLE, "node is shutting down; call not accepted")
+            return
+        existing = self.wal.get(call_id)
+        if existing is not None:
+            self.frontend.send(peer, protocol.Accepted(
+                call_id=call_id, seq=existing["seq"], node=self.config.name, duplicate=True,
+                request_id=msg.request_id))
+            return
+        socket = self.topology.sockets.get(msg.socket)
+        if socket is None:
+            self._error(peer, msg.request_id, protocol.E_NOT_FOUND, f"unknown socket '{msg.socket}'")
+            return
+        processor = self.topology.processors[socket.processor]
+        record = C.new_record(
+            call_id=call_id, seq=self.wal.next_seq(), owner=self.node_id, node=self.config.name,
+            socket=socket.name, processor=processor.name, function=socket.function,
+            args=msg.args, kwargs=msg.kwargs, retries=processor.retries,
+            retry_delay=processor.retry_delay, timelimit=processor.timelimit,
+        )
+        self.active[call_id] = record
+        self.ack_waiters[call_id] = [(peer, msg.request_id)]
+        self.wal.submit(("accept", call_id), [record])
+        # Runs may start before the fsync completes (the accept is ahead of any later write of
+        # this call in the log's queue); the client is only told once it is durable.
+        self.scheduler.push(socket.name, call_id)
+
+    def _handle_get(self, peer: Peer, msg: protocol.Get) -> None:
+        record = self.active.get(msg.call_id)
+        if record is None:
+            stored = self.wal.get(msg.call_id)
+            if stored is None:
+                self._error(peer, msg.request_id, protocol.E_NOT_FOUND, f"unknown call id '{msg.call_id}'")
+                return
+            if stored["state"] in C.TERMINAL:
+                self.frontend.send(peer, self._result_message(stored, msg.request_id))
+                return
+            record = stored
+        if msg.wait_ms <= 0:
+            self.frontend.send(peer, protocol.Pending(call_id=msg.call_id, state=record["state"], request_id=msg.request_id))
+            return
+        self.result_waiters.setdefault(msg.call_id, []).append((peer, msg.request_id))
+        self._timer_seq += 1
+        heapq.heappush(self.get_timers, (time.monotonic() + msg.wait_ms / 1000, self._timer_seq, msg.call_id, peer, msg.request_id))
+
+    @staticmethod
+    def _result_message(record: dict[str, Any], request_id: bytes) -> protocol.Result:
+        if record["state"] == C.DONE:
+            return protocol.Result(call_id=record["id"], ok=True, value=record.get("result") or b"\xc0", request_id=request_id)
+        return protocol.Result(call_id=record["id"], ok=False, error=record.get("error") or
+                               C.error_dict("Error", "failed"), request_id=request_id)
+
+    # -- commits --------------------------------------------------------------------------------
+
+    def _handle_commits(self) -> None:
+        for token, error in self.wal.drain():
+            if token is None:
+                if error is not None:
+                    logger.error("log write failed: %s", error)
+                continue
+            kind, call_id = token
+            if kind == "accept":
+                waiters = self.ack_waiters.pop(call_id, [])
+                record = self.active.get(call_id)
+                if error is not None:
+                    logger.error("call %s not accepted: %s", call_id, error)
+                    for peer, request_id in waiters:
+                        self._error(peer, request_id, protocol.E_STORAGE, f"call not stored: {error}")
+                    continue
+                for peer, request_id in waiters:
+                    self.frontend.send(peer, protocol.Accepted(
+                        call_id=call_id, seq=record["seq"] if record else 0, node=self.config.name,
+                        request_id=request_id))
+            elif kind == "final":
+                if error is not None:
+                    logger.error("result of call %s not stored: %s", call_id, error)
+                    continue
+                record = self.active.pop(call_id, None)
+                if record is None:
+                    continue
+                for peer, request_id in self.result_waiters.pop(call_id, []):
+                    self.frontend.send(peer, self._result_message(record, request_id))
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def _can_run(self, socket_name: str) -> bool:
+        socket = self.topology.sockets.get(socket_name)
+        if socket is None:
+            return False
+        runtime = self.runtimes.get(socket.processor)
+        return bool(runtime and runtime.status == RUNNING and runtime.idle)
+
+    def dispatch(self) -> None:
+        if self.stopping:
+            return
+        for socket_name, call_id in self.scheduler.assign(self._can_run):
+            record = self.active.get(call_id)
+            socket = self.topology.sockets[socket_name]
+            runtime = self.runtimes[socket.processor]
+            slot = runtime.take_idle()
+            if record is None or slot is None:  # cannot happen: can_run said yes
+                self.scheduler.release()
+                if record is not None:
+                    self.scheduler.push_front(socket_name, call_id)
+                continue
+            record["processor"], record["function"] = runtime.name, socket.function
+            C.mark_running(record, slot.process.pid)
+            slot.call_id = call_id
+            limit = runtime.definition.timelimit
+            slot.deadline = time.monotonic() + limit if limit else None
+            self.running[call_id] = (runtime, slot)
+            self.wal.submit(None, [record])
+            try:
+                slot.process.send_call(call_id, socket.function, record["args"], record["kwargs"])
+            except (OSError, WorkerError) as exc:  # the worker is gone; its channel EOF retries the call
+                logger.warning("cannot hand call %s to worker %d: %s", call_id, slot.process.pid, exc)
+
+    def _end_attempt(self, call_id: str, value: bytes | None, error: dict[str, str] | None) -> None:
+        """A running call's attempt is over (result, exception, worker death or time limit)."""
+        entry = self.running.pop(call_id, None)
+        record = self.active.get(call_id)
+        if entry is None or record is None:
+            return
+        self.scheduler.release()
+        if error is None:
+            C.mark_done(record, value if value is not None else b"\xc0")
+            self.wal.submit(("final", call_id), [record])
+            return
+        if C.mark_error(record, error):
+            self.scheduler.push(record["socket"], call_id, due=record["not_before"], now=time.time())
+            self.wal.submit(None, [record])
+        else:
+            logger.info("call %s failed after %d attempt(s): %s", call_id, record["attempts"], error.get("type"))
+            self.wal.submit(("final", call_id), [record])
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _handle_worker_event(self, runtime: ProcessorRuntime, slot: WorkerSlot, event: Any) -> None:
+        if isinstance(event, Ready):
+            slot.ready = True
+            runtime.healthy()
+            if runtime.status == PENDING:
+                runtime.status = RUNNING
+                runtime.reason = ""
+                logger.info("processor %s running (%s)", runtime.name, runtime.code.commit if runtime.code else "?")
+            runtime.mark_idle(slot)
+        elif isinstance(event, Done):
+            if slot.call_id == event.call_id:
+                self._end_attempt(event.call_id, event.value, None)
+                runtime.mark_idle(slot)
+        elif isinstance(event, Raised):
+            if slot.call_id == event.call_id:
+                self._end_attempt(event.call_id, None, C.error_dict(event.type, event.message, event.traceback))
+                runtime.mark_idle(slot)
+        elif isinstance(event, ImportFailed):
+            reason = f"cannot import {runtime.definition.module}: {event.type}: {event.message}"
+            runtime.fail(reason, self.config.prepare_retry)
+            self._stop_workers(runtime, requeue_note="Requeued: processor failed")
+        elif isinstance(event, Exited):
+            self._worker_exited(runtime, slot, event.returncode)
+
+    def _worker_exited(self, runtime: ProcessorRuntime, slot: WorkerSlot, returncode: int | None) -> None:
+        for fd in self._fds_of(slot):  # the worker has closed them already
+            self._unregister_fd(fd)
+        runtime.forget(slot.process.pid)
+        call_id = slot.call_id
+        slot.process.kill()
+        if call_id is not None:
+            self._end_attempt(call_id, None, C.error_dict(
+                "WorkerLost", f"worker {slot.process.pid} exited with code {returncode} during the call"))
+        if runtime.status in (RUNNING, PENDING) and runtime.respawn_at is None:
+            logger.warning("worker %d of %s exited (code %s); respawning", slot.process.pid, runtime.name, returncode)
+            runtime.schedule_respawn(time.monotonic())
+
+    def _time_limit_exceeded(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
+        call_id = slot.call_id
+        limit = runtime.definition.timelimit
+        logger.warning("call %s exceeded its time limit of %ss: killing worker %d", call_id, limit, slot.process.pid)
+        for fd in self._fds_of(slot):
+            self._unregister_fd(fd)
+        runtime.forget(slot.process.pid)
+        slot.process.kill()
+        if call_id is not None:
+            self._end_attempt(call_id, None, C.error_dict(
+                "TimeLimitExceeded", f"call exceeded the time limit of {limit}s"))
+        if runtime.status in (RUNNING, PENDING):
+            self._spawn_workers(runtime)
+
+    def _fds_of(self, slot: WorkerSlot) -> list[int]:
+        return [fd for fd, (_, _, owner) in self.fd_owner.items() if owner is slot]
+
+    def _unregister_fd(self, fd: int) -> None:
+        if self.fd_owner.pop(fd, None) is not None:
+            try:
+                self.poller.unregister(fd)
+            except KeyError:
+                pass
+
+    def _spawn_workers(self, runtime: ProcessorRuntime) -> None:
+        if self.stopping or runtime.code is None or runtime.status in (FAILED, STOPPED):
+            return
+        try:
+            started = runtime.spawn_missing(self.support_dir, self.registry)
+        except (OSError, EcdError) as exc:
+            runtime.fail(f"cannot start workers: {exc}", self.config.prepare_retry)
+            return
+        for slot in started:
+            self.fd_owner[slot.process.channel_fd] = ("channel", runtime, slot)
+            self.poller.register(slot.process.channel_fd, zmq.POLLIN)
+            for fd in slot.process.output_fds:
+                self.fd_owner[fd] = ("output", runtime, slot)
+                self.poller.register(fd, zmq.POLLIN)
+
+    def _stop_workers(self, runtime: ProcessorRuntime, requeue_note: str, graceful: bool = False) -> None:
+        """Stop every worker of ``runtime``; calls they were running go back to their queue
+        without counting the attempt."""
+        for pid, slot in list(runtime.slots.items()):
+            for fd in self._fds_of(slot):
+                self._unregister_fd(fd)
+            runtime.forget(pid)
+            if graceful and slot.call_id is None:
+                slot.process.stop(WORKER_STOP_GRACE)
+            else:
+                slot.process.kill()
+            if slot.call_id is not None:
+                self._requeue_running(slot.call_id, requeue_note)
+
+    def _requeue_running(self, call_id: str, note: str) -> None:
+        entry = self.running.pop(call_id, None)
+        record = self.active.get(call_id)
+        if entry is None or record is None:
+            return
+        self.scheduler.release()
+        C.mark_requeued(record, note, refund=True)
+        self.scheduler.push_front(record["socket"], call_id)
+        self.wal.submit(None, [record])
+
+    # -- topology and code ----------------------------------------------------------------------
+
+    def _on_topology_version(self, version: Any, error: BaseException | None) -> None:
+        if error is not None:
+            logger.warning("topology store unavailable: %s", error)
+            return
+        if self.topology is not None and version != self.topology.version:
+            self.refresh_topology()
+
+    def refresh_topology(self) -> None:
+        def done(snapshot: Any, error: BaseException | None) -> None:
+            if error is not None:
+                logger.warning("cannot read the topology: %s", error)
+                return
+            if self.topology is None or snapshot.version >= self.topology.version:
+                self.topology = snapshot
+                self._reconcile()
+
+        self.bg_db.submit(self.store.snapshot, done)
+
+    def _reconcile(self) -> None:
+        """Bring the processors running here in line with the topology."""
+        if self.stopping:
+            return
+        wanted = self.topology.processors
+        for name in list(self.runtimes):
+            if name not in wanted:
+                runtime = self.runtimes.pop(name)
+                runtime.status = STOPPED
+                self._stop_workers(runtime, "Requeued: processor removed")
+                logger.info("processor %s removed", name)
+        for name, definition in wanted.items():
+            runtime = self.runtimes.get(name)
+            if runtime is None:
+                runtime = self.runtimes[name] = ProcessorRuntime(definition)
+                self._prepare(runtime)
+                continue
+            old, runtime.definition = runtime.definition, definition
+            code_changed = (old.gitrepo, old.branch, old.commit, old.requirements, old.module) != (
+                definition.gitrepo, definition.branch, definition.commit, definition.requirements, definition.module)
+            if code_changed:
+                self._stop_workers(runtime, "Requeued: processor code changed")
+                self._prepare(runtime)
+            elif old.concurrency != definition.concurrency:
+                self._resize(runtime)
+
+    def _resize(self, runtime: ProcessorRuntime) -> None:
+        surplus = len(runtime.slots) - runtime.definition.concurrency
+        while surplus > 0:
+            slot = runtime.take_idle()
+            if slot is None:
+                break  # busy workers above the new size retire when their call ends
+            for fd in self._fds_of(slot):
+                self._unregister_fd(fd)
+            runtime.forget(slot.process.pid)
+            slot.process.stop(WORKER_STOP_GRACE)
+            surplus -= 1
+        self._spawn_workers(runtime)
+
+    def _prepare(self, runtime: ProcessorRuntime) -> None:
+        runtime.generation += 1
+        generation = runtime.generation
+        runtime.status, runtime.reason, runtime.code, runtime.prepare_at = PENDING, "", None, None
+        spec = runtime.code_spec()
+        logger.info("preparing code of processor %s from %s", runtime.name, spec.gitrepo)
+
+        def done(code: Any, error: BaseException | None) -> None:
+            if self.runtimes.get(runtime.name) is not runtime or runtime.generation != generation:
+                return  # superseded by a newer definition
+            if error is not None:
+                reason = error.message if isinstance(error, RepoError) else f"{type(error).__name__}: {error}"
+                runtime.fail(reason, self.config.prepare_retry)
+                return
+            runtime.code = code
+            self._spawn_workers(runtime)
+
+        self.bg_code.submit(lambda: self.loader.prepare(spec), done)
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def _begin_stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self._grace_deadline = time.monotonic() + self.config.grace
+        self.notifier.stopping()
+        logger.info("stopping: %d call(s) running get up to %.0fs to finish", len(self.running), self.config.grace)
+
+    def shutdown(self) -> None:
+        """Requeue what still runs, stop workers, flush the log, close everything."""
+        self.stopping = True
+        for runtime in self.runtimes.values():
+            self._stop_workers(runtime, "Requeued: node stopped before the call finished", graceful=True)
+        wal = getattr(self, "wal", None)
+        if wal is not None:
+            wal.close()  # commits everything submitted, including the requeues above
+        for bg in (getattr(self, "bg_db", None), getattr(self, "bg_code", None)):
+            if bg is not None:
+                bg.close(wait=False)
+        frontend = getattr(self, "frontend", None)
+        if frontend is not None:
+            frontend.close()
+        context = getattr(self, "context", None)
+        if context is not None:
+            context.term()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+        signal.set_wakeup_fd(-1)
+        logger.info("stopped")
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        depths = self.scheduler.depths()
+        queue_depth: dict[str, int] = {}
+        for name, socket in self.topology.sockets.items():
+            queue_depth[socket.queue] = queue_depth.get(socket.queue, 0) + depths.get(name, 0)
+        return {
+            "node": self.config.name,
+            "node_id": self.node_id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "cpus": self.config.cpus,
+            "busy": self.scheduler.busy,
+            "uptime": time.time() - self.started,
+            "endpoints": list(self.frontend.bound),
+            "stopping": self.stopping,
+            "calls": {"active": len(self.active), "running": len(self.running), "waiting": self.scheduler.waiting},
+            "processors": [
+                {"name": name, **runtime.view(), "concurrency": runtime.definition.concurrency}
+                for name, runtime in sorted(self.runtimes.items())
+            ],
+            "queues": [{"name": name, "depth": queue_depth.get(name, 0)} for name in sorted(self.topology.queues)],
+            "sockets": [{"name": name, "depth": depths.get(name, 0)} for name in sorted(self.topology.sockets)],
+            "wal": self.wal.stats(),
+        }
+
+
+def storage_error(exc: OSError) -> bool:
+    """True for errors that mean the disk itself failed (fsyncgate: never carry on)."""
+    return exc.errno in (errno.EIO,)

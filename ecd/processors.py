@@ -1,0 +1,135 @@
+"""The running side of a processor on this node: its prepared code, its worker processes, which
+of them are idle, which call each busy one runs, and its status (pending, running, failed,
+stopped) with a reason users can read.
+
+The node owns the event loop; a :class:`ProcessorRuntime` only keeps the bookkeeping and starts or
+stops processes when told to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .repos import CodeSpec, PreparedCode
+from .workers import ProcessRegistry, WorkerProcess
+
+logger = logging.getLogger(__name__)
+
+PENDING = "pending"  # code being cloned / installed, or workers starting
+RUNNING = "running"
+FAILED = "failed"
+STOPPED = "stopped"
+
+#: Seconds between respawns of a worker that keeps dying, doubling up to the maximum.
+RESPAWN_BACKOFF = 0.2
+RESPAWN_BACKOFF_MAX = 10.0
+
+
+@dataclass
+class WorkerSlot:
+    """One worker process and what it is doing."""
+
+    process: WorkerProcess
+    ready: bool = False
+    call_id: str | None = None
+    deadline: float | None = None  # time limit of the running call
+
+
+@dataclass
+class ProcessorRuntime:
+    """Bookkeeping for one processor's workers on this node."""
+
+    definition: Any  # topology.ProcessorDef
+    status: str = PENDING
+    reason: str = ""
+    code: PreparedCode | None = None
+    slots: dict[int, WorkerSlot] = field(default_factory=dict)  # by pid
+    idle: list[int] = field(default_factory=list)  # pids of ready, idle workers
+    respawn_at: float | None = None
+    backoff: float = RESPAWN_BACKOFF
+    prepare_at: float | None = None  # when to try preparing the code again after a failure
+    generation: int = 0  # bumps on every (re)prepare so stale results are ignored
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def code_spec(self) -> CodeSpec:
+        d = self.definition
+        return CodeSpec(gitrepo=d.gitrepo, branch=d.branch, commit=d.commit, requirements=d.requirements)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for slot in self.slots.values() if slot.call_id is not None)
+
+    def wanted_workers(self) -> int:
+        return 0 if self.status in (FAILED, STOPPED) or self.code is None else self.definition.concurrency
+
+    def spawn_missing(self, support_dir: Path, registry: ProcessRegistry) -> list[WorkerSlot]:
+        """Start workers until ``concurrency`` are alive; returns the new ones."""
+        started: list[WorkerSlot] = []
+        while self.code is not None and len(self.slots) < self.wanted_workers():
+            process = WorkerProcess(
+                processor=self.name,
+                slot=len(self.slots),
+                code=self.code,
+                module=self.definition.module,
+                support_dir=support_dir,
+                registry=registry,
+            )
+            process.spawn()
+            slot = WorkerSlot(process)
+            self.slots[process.pid] = slot
+            started.append(slot)
+        return started
+
+    def take_idle(self) -> WorkerSlot | None:
+        while self.idle:
+            pid = self.idle.pop()
+            slot = self.slots.get(pid)
+            if slot is not None and slot.ready and slot.call_id is None:
+                return slot
+        return None
+
+    def mark_idle(self, slot: WorkerSlot) -> None:
+        slot.call_id = None
+        slot.deadline = None
+        if slot.process.pid not in self.idle:
+            self.idle.append(slot.process.pid)
+
+    def forget(self, pid: int) -> WorkerSlot | None:
+        slot = self.slots.pop(pid, None)
+        if pid in self.idle:
+            self.idle.remove(pid)
+        return slot
+
+    def schedule_respawn(self, now: float) -> None:
+        self.respawn_at = now + self.backoff
+        self.backoff = min(self.backoff * 2, RESPAWN_BACKOFF_MAX)
+
+    def healthy(self) -> None:
+        """A worker came up: reset the crash-loop backoff."""
+        self.backoff = RESPAWN_BACKOFF
+
+    def fail(self, reason: str, retry_after: float | None) -> None:
+        self.status = FAILED
+        self.reason = reason
+        self.prepare_at = None if retry_after is None else time.monotonic() + retry_after
+        logger.error("processor %s failed: %s", self.name, reason)
+
+    def view(self) -> dict[str, Any]:
+        """Runtime fields merged into ``ecctl ls processors`` / ``ecctl status``."""
+        busy = self.busy
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "resolved_commit": self.code.commit if self.code else None,
+            "workers": len(self.slots),
+            "busy": busy,
+            "idle": len(self.slots) - busy,
+            "pids": sorted(self.slots),
+        }

@@ -1,0 +1,107 @@
+"""The client-facing ZeroMQ sockets of a node: ROUTERs bound on ipc:// and tcp:// endpoints.
+
+Owns socket options (ROUTER_MANDATORY so unroutable replies are reported, not silently dropped;
+HANDOVER so a reconnecting client with a fixed identity is not locked out; heartbeats; small
+linger; MAXMSGSIZE) and turns frames into protocol messages and back. Replies that cannot be
+delivered (the client went away, or its pipe is full) are logged and dropped: every reply can be
+asked for again (GET), because the state behind it is in the write-ahead log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+import protocol
+
+logger = logging.getLogger(__name__)
+
+#: Messages queued per client before the daemon stops reading more from it.
+DEFAULT_HWM = 100_000
+#: Bytes above which a message is refused by libzmq itself (body limit plus frame overhead).
+MAX_WIRE_BYTES = protocol.MAX_MESSAGE_BYTES + 64 * 1024
+#: Messages taken from one socket before the loop looks at its other inputs.
+RECV_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a request came from, so its reply goes back the same way."""
+
+    socket: zmq.Socket
+    identity: bytes
+
+
+class Frontend:
+    """The ROUTER sockets a node serves clients on."""
+
+    def __init__(self, context: zmq.Context, endpoints: tuple[str, ...]) -> None:
+        self.context = context
+        self.sockets: list[zmq.Socket] = []
+        self.bound: list[str] = []
+        for endpoint in endpoints:
+            self._bind(endpoint)
+
+    def _bind(self, endpoint: str) -> None:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.SNDHWM, DEFAULT_HWM)
+        sock.setsockopt(zmq.RCVHWM, DEFAULT_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_BYTES)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 15000)
+        if endpoint.startswith("ipc://"):
+            path = Path(endpoint[len("ipc://"):])
+            if path.exists():
+                path.unlink()  # a stale socket file from a killed daemon (we hold the data-dir lock)
+        sock.bind(endpoint)
+        if endpoint.startswith("ipc://"):
+            os.chmod(endpoint[len("ipc://"):], 0o660)
+        self.sockets.append(sock)
+        self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        logger.info("serving clients on %s", self.bound[-1])
+
+    def receive(self, sock: zmq.Socket) -> list[tuple[Peer, "protocol.Message | protocol.ProtocolError"]]:
+        """Read up to RECV_BATCH waiting requests from ``sock``. Undecodable ones come back as
+        ProtocolError values so the caller can answer them."""
+        out: list[tuple[Peer, protocol.Message | protocol.ProtocolError]] = []
+        for _ in range(RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            if len(frames) < 2:
+                logger.warning("dropping a message without routing identity")
+                continue
+            peer = Peer(sock, frames[0])
+            try:
+                out.append((peer, protocol.decode(frames[1:])))
+            except protocol.ProtocolError as exc:
+                out.append((peer, exc))
+        return out
+
+    def send(self, peer: Peer, message: protocol.Message) -> bool:
+        """Send a reply; False (logged) when the client cannot be reached right now."""
+        try:
+            peer.socket.send_multipart([peer.identity, *protocol.encode(message)], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            logger.warning("client %s is not reading (high-water mark): reply dropped", peer.identity.hex())
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                logger.info("client %s is gone: reply dropped", peer.identity.hex())
+            else:
+                logger.error("cannot reply to %s: %s", peer.identity.hex(), exc)
+        return False
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=200)
+        self.sockets.clear()

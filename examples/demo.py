@@ -1,0 +1,86 @@
+"""`make demo`: a throwaway ecd on the embedded SQLite default, the bundled example processor
+loaded from a git repository, a few calls from ecctl and from Python, a shell pipe, then a clean
+stop. Everything lives in a temp dir that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+
+
+def sh(cmd: list[str] | str, env: dict[str, str], **kw: object) -> str:
+    shown = cmd if isinstance(cmd, str) else " ".join(cmd)
+    print(f"$ {shown}", flush=True)
+    result = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=600,
+                            shell=isinstance(cmd, str), executable="/bin/bash" if isinstance(cmd, str) else None, **kw)
+    out = result.stdout.rstrip("\n")
+    if out:
+        print(out)
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        raise SystemExit(f"demo step failed: {shown}")
+    return out
+
+
+def main() -> None:
+    base = Path(tempfile.mkdtemp(prefix="ec-demo-"))
+    data_dir = base / "data"
+    repo = base / "sample"
+    shutil.copytree(HERE / "sample", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
+               "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "sample processor"]):
+        subprocess.run(["git", *args], cwd=repo, env=git_env, check=True, timeout=60)
+    env = {**os.environ, "EC_ENDPOINT": f"ipc://{data_dir}/ecd.sock", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    log = open(base / "ecd.log", "wb")
+    print(f"$ ecd run --data-dir {data_dir}   (log: {base / 'ecd.log'})", flush=True)
+    ecd = subprocess.Popen([str(BIN / "ecd"), "run", "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([str(BIN / "ecctl"), "status"], env=env, capture_output=True).returncode != 0:
+            if ecd.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("ecd did not start; see " + str(base / "ecd.log"))
+            time.sleep(0.1)
+        sh(["ecctl", "add", "queue", "-n", "q1", "-t", "direct"], env)
+        sh(["ecctl", "add", "processor", "-n", "proc1", "-g", f"file://{repo}", "-m", "sample.tasks", "-c", "2"], env)
+        for fn in ("do_something", "do_this", "add_two"):
+            sh(["ecctl", "add", "socket", "-n", f"sample.tasks.{fn}", "-q", "q1", "-pn", "proc1", "-t", fn], env)
+        sh(["ecctl", "run", "sample.tasks.do_something", "hello"], env)
+        sh('echo "HI THERE!" | ecctl run sample.tasks.do_something | ecctl run sample.tasks.do_this', env)
+        sh(["ecctl", "task", "run", "--socket", "sample.tasks.do_this", "--data", '["some data"]'], env)
+        sh(["ecctl", "run", "sample.tasks.add_two", "--data", "[40, 2]"], env)
+        print("$ python: Function('sample.tasks.do_something')('from python').get()", flush=True)
+        code = ("from ecctl import Function\n"
+                "r = Function('sample.tasks.do_something')('from python')\n"
+                "print(r.id, '->', r.get(timeout=60))\n")
+        print(subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True, check=True,
+                             timeout=120).stdout.rstrip())
+        sh(["ecctl", "ls", "calls", "-r", "5"], env)
+        sh(["ecctl", "status"], env)
+    finally:
+        print("$ kill -TERM ecd", flush=True)
+        if ecd.poll() is None:
+            ecd.send_signal(signal.SIGTERM)
+        try:
+            code = ecd.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            ecd.kill()
+            code = ecd.wait()
+        log.close()
+        print(f"ecd exited with {code}")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

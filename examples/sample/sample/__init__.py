@@ -1,0 +1,1 @@
+"""ElasticCode sample processor package; the callable functions live in ``sample.tasks``."""

@@ -1,0 +1,66 @@
+"""An ElasticCode sample processor: plain functions that ecd workers call by name.
+
+A processor is a git repository plus a module inside it (here ``sample.tasks``); ecd
+clones the repository, puts the checkout root on the worker's import path, imports the
+module and, for each call arriving on a socket, runs the socket's function with the
+call's arguments. Arguments and return values travel as msgpack, so they must be
+msgpack-able (None, bool, int, float, str, bytes, lists and str-keyed dicts).
+
+Anything a function prints goes to ecd's log (the journal under systemd), tagged with
+the processor and worker. An exception is reported to the caller as the call's error;
+``crash`` kills the worker process outright to exercise ecd's recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+def do_something(message: Any) -> str:
+    """Return ``"Do something: <message>"``, printing a line to show where output goes."""
+    print(f"Doing something with {message!r} in worker {os.getpid()}", flush=True)
+    return "Do something: " + str(message)
+
+
+def do_this(message: Any) -> str:
+    """Return ``"Do this: <message>"``."""
+    return "Do this: " + str(message)
+
+
+def add_two(one: Any, two: Any) -> Any:
+    """Return ``one + two``."""
+    return one + two
+
+
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Return the call's arguments: ``{"args": [...], "kwargs": {...}}``."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def fail(message: str = "boom") -> None:
+    """Raise ``ValueError(message)``: the call fails with that error."""
+    raise ValueError(message)
+
+
+def sleep(seconds: float) -> float:
+    """Sleep ``seconds`` seconds (occupying a CPU slot) and return them."""
+    time.sleep(float(seconds))
+    return seconds
+
+
+def noop(*args: Any, **kwargs: Any) -> None:
+    """Do nothing and return None (for measuring call overhead)."""
+    return None
+
+
+def crash(code: int = 1) -> None:
+    """Kill the worker process immediately with exit status ``code``, simulating a worker
+    that dies mid-call (segfault, OOM kill); ecd must notice and retry or fail the call."""
+    os._exit(int(code))
+
+
+def pid() -> int:
+    """Return the worker's process id (shows which worker ran a call)."""
+    return os.getpid()

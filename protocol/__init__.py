@@ -1,0 +1,42 @@
+"""ElasticCode wire protocol: message types, strict frame codec, payload codec, constants.
+
+The authority is protocol/SPEC.md. This package imports only the standard library and msgpack.
+"""
+
+from .codec import decode, encode, error_reply, pack, unpack
+from .constants import (
+    ACCEPTED, ADMIN, CALL, CALL_ID_RE, COMMAND_NAMES, E_CONFLICT, E_FAILED_DEPENDENCY,
+    E_INTERNAL, E_INVALID, E_MALFORMED, E_NOT_FOUND, E_QUEUE_FULL, E_STORAGE, E_TIMEOUT,
+    E_TOO_LARGE, E_UNAUTHORIZED, E_UNAVAILABLE, E_VERSION, ERROR, ERROR_NAMES, FRAME_COUNT, GET,
+    HEADER_BYTES, MAX_CALL_ID_CHARS, MAX_CREDENTIALS_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_CHARS,
+    MAX_OP_CHARS, MAX_REQUEST_ID_BYTES, MAX_ERROR_CODE, MAX_SEQ, MAX_STATE_CHARS, MAX_TEXT_CHARS, MAX_WAIT_MS,
+    MIN_ERROR_CODE, PENDING, PING, PONG, REPLY, RESULT, SIGNATURE, SUPPORTED_VERSIONS, VERSION,
+)
+from .errors import ProtocolError, UnsupportedVersion
+from .messages import (
+    MESSAGE_TYPES, REQUEST_TYPES, Accepted, Admin, Call, Error, Get, Message, Pending, Ping,
+    Pong, Reply, Result,
+)
+
+__all__ = [
+    # messages
+    "Ping", "Pong", "Call", "Accepted", "Get", "Result", "Pending", "Admin", "Reply", "Error",
+    "Message", "MESSAGE_TYPES", "REQUEST_TYPES",
+    # codec
+    "encode", "decode", "pack", "unpack", "error_reply",
+    # errors
+    "ProtocolError", "UnsupportedVersion",
+    # versions and framing
+    "VERSION", "SUPPORTED_VERSIONS", "SIGNATURE", "FRAME_COUNT", "HEADER_BYTES",
+    # commands
+    "PING", "PONG", "CALL", "ACCEPTED", "GET", "RESULT", "PENDING", "ADMIN", "REPLY", "ERROR",
+    "COMMAND_NAMES",
+    # error codes
+    "E_MALFORMED", "E_UNAUTHORIZED", "E_NOT_FOUND", "E_TIMEOUT", "E_CONFLICT", "E_TOO_LARGE",
+    "E_INVALID", "E_FAILED_DEPENDENCY", "E_QUEUE_FULL", "E_INTERNAL", "E_UNAVAILABLE",
+    "E_VERSION", "E_STORAGE", "ERROR_NAMES",
+    # limits
+    "MAX_MESSAGE_BYTES", "MAX_REQUEST_ID_BYTES", "MAX_CREDENTIALS_BYTES", "MAX_NAME_CHARS",
+    "MAX_CALL_ID_CHARS", "CALL_ID_RE", "MAX_OP_CHARS", "MAX_STATE_CHARS", "MAX_TEXT_CHARS",
+    "MAX_WAIT_MS", "MAX_SEQ", "MIN_ERROR_CODE", "MAX_ERROR_CODE",
+]

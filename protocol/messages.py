@@ -1,0 +1,125 @@
+"""Message dataclasses of the client conversation: one class per command.
+
+Messages are plain frozen, keyword-only data. They do no validation themselves; the codec
+validates on encode (cheap checks) and decode (strict). Every message ends with
+``request_id`` (frame 1, echoed in the reply) and ``credentials`` (frame 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from . import constants as c
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping:
+    """C: liveness probe; answered by PONG."""
+    COMMAND: ClassVar[int] = c.PING
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pong:
+    """S: answer to PING: node name, software version, node clock (UNIX seconds)."""
+    COMMAND: ClassVar[int] = c.PONG
+    node: str
+    version: str
+    time: float
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    """C: run socket's function with args (msgpack list) and kwargs (msgpack map)."""
+    COMMAND: ClassVar[int] = c.CALL
+    socket: str
+    args: bytes
+    kwargs: bytes
+    call_id: str = ""
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """S: the call is durably logged (fsynced) under call_id."""
+    COMMAND: ClassVar[int] = c.ACCEPTED
+    call_id: str
+    seq: int
+    node: str
+    duplicate: bool = False
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Get:
+    """C: ask for a call's result, waiting up to wait_ms (long poll)."""
+    COMMAND: ClassVar[int] = c.GET
+    call_id: str
+    wait_ms: int = 0
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """S: the call ended: value (msgpack) when ok, else error {type, message, traceback}."""
+    COMMAND: ClassVar[int] = c.RESULT
+    call_id: str
+    ok: bool
+    value: bytes = b""
+    error: dict | None = None
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pending:
+    """S: the call has not ended yet; state is its current state (queued, running, ...)."""
+    COMMAND: ClassVar[int] = c.PENDING
+    call_id: str
+    state: str
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admin:
+    """C: topology / inspection operation (see the admin ops table in SPEC.md)."""
+    COMMAND: ClassVar[int] = c.ADMIN
+    op: str
+    args: dict = field(default_factory=dict)
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply:
+    """S: successful answer to ADMIN."""
+    COMMAND: ClassVar[int] = c.REPLY
+    data: Any = None
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    """S: the request failed: code (E_*), human reason, machine detail."""
+    COMMAND: ClassVar[int] = c.ERROR
+    code: int
+    reason: str
+    detail: dict = field(default_factory=dict)
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+Message = Ping | Pong | Call | Accepted | Get | Result | Pending | Admin | Reply | Error
+MESSAGE_TYPES: tuple[type, ...] = (Ping, Pong, Call, Accepted, Get, Result, Pending, Admin,
+                                   Reply, Error)
+#: Commands a client sends; the server sends the others.
+REQUEST_TYPES: tuple[type, ...] = (Ping, Call, Get, Admin)
