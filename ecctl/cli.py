@@ -133,10 +133,9 @@ def _call_args(args: tuple[str, ...], data: str | None) -> list[Any]:
         return parsed
     if args:
         return list(args)
-    stdin = click.get_text_stream("stdin")
-    if stdin.isatty():
+    if sys.stdin is None or sys.stdin.isatty():
         return []
-    raw = click.get_binary_stream("stdin").read()
+    raw = sys.stdin.buffer.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,14 +145,13 @@ def _call_args(args: tuple[str, ...], data: str | None) -> list[Any]:
 
 def _print_value(value: Any) -> None:
     if isinstance(value, bytes):
-        out = click.get_binary_stream("stdout")
-        out.write(value)
-        out.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.write(value)
+        sys.stdout.buffer.flush()
         return
     text = value if isinstance(value, str) else json.dumps(output.to_jsonable(value))
-    stream = click.get_text_stream("stdout")
-    stream.write(text + "\n")
-    stream.flush()
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _run(state: State, socket: str, args: tuple[str, ...], data: str | None, no_wait: bool,

@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,11 @@ MAX_URL_LENGTH = 4096
 DEFAULT_PIP_TIMEOUT = 900.0
 #: Time limit for one git command (clone/fetch/export).
 GIT_TIMEOUT = 600.0
+
+#: Environment variables passed through to pip besides PIP_* (proxies, certificates).
+_PASSTHROUGH_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+                              "https_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                              "REQUESTS_CA_BUNDLE", "TMPDIR"})
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _TRANSPORT_RE = re.compile(r"^[A-Za-z0-9+._-]+::")
@@ -158,7 +164,6 @@ def _git_env() -> dict[str, str]:
         "GIT_ASKPASS": "",
         "SSH_ASKPASS": "",
         "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-        "GIT_CONFIG_NOSYSTEM": "1",
         "LC_ALL": "C",
     }
 
@@ -168,8 +173,8 @@ def _git_reason(exc: Exception) -> str:
     text = getattr(exc, "stderr", None) or str(exc)
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    lines = [ln.strip().strip("'\"").strip() for ln in str(text).splitlines()]
-    lines = [ln.replace("stderr:", "").strip() for ln in lines]
+    lines = [ln.strip().removeprefix("stderr:").strip().strip("'\"").strip()
+             for ln in str(text).splitlines()]
     picked = [ln for ln in lines if ln.startswith(("fatal:", "error:", "ERROR:"))]
     if not picked:
         picked = [ln for ln in lines if ln][-2:]
@@ -183,6 +188,27 @@ def _pip_reason(output: str) -> str:
     errors = [ln.strip() for ln in lines if ln.lstrip().startswith("ERROR:")]
     picked = errors[-3:] if errors else [ln.strip() for ln in lines[-3:]]
     return redact_url(" | ".join(picked))[:1000] or "pip failed without output"
+
+
+def _run_bounded(cmd: list[str], *, cwd: Path, env: dict[str, str],
+                 timeout: float) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own session; on timeout SIGKILL its whole group. (rc or None, output)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out.decode("utf-8", "replace")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc.returncode, out.decode("utf-8", "replace")
 
 
 @contextlib.contextmanager
@@ -269,7 +295,7 @@ class CodeLoader:
                 tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=self.repos_dir))
                 log.info("cloning %s", redact_url(url))
                 try:
-                    git.Repo.clone_from(url, tmp / "m.git", env=_git_env(), mirror=True)
+                    git.Repo.clone_from(url, tmp / "m.git", env=_git_env(), mirror=True).close()
                     os.rename(tmp / "m.git", path)
                 except git.GitCommandError as e:
                     raise RepoError(f"cannot clone {redact_url(url)}: {_git_reason(e)}") from None
@@ -399,8 +425,10 @@ class CodeLoader:
                "--disable-pip-version-check", "--no-input"]
         if has_reqs:
             cmd += ["-r", str(root / "requirements.txt")]
-        if has_project:
-            cmd += [str(root)]
+        build_src = dest / ".ecd-build-src"
+        if has_project:  # pip builds in the source tree: keep the shared checkout pristine
+            shutil.copytree(root, build_src, symlinks=True)
+            cmd += [str(build_src)]
         if requirements and requirements.strip():
             req_file = dest / "ecd-requirements.txt"
             req_file.write_text(requirements if requirements.endswith("\n") else requirements + "\n")
@@ -412,21 +440,21 @@ class CodeLoader:
             "VIRTUAL_ENV": str(dest),
             "PIP_NO_INPUT": "1",
             **{k: v for k, v in os.environ.items()
-               if k.startswith("PIP_INDEX") or k.startswith("PIP_EXTRA_INDEX")
-               or k in ("PIP_TRUSTED_HOST", "PIP_CERT", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-                        "http_proxy", "https_proxy", "no_proxy", "SSL_CERT_FILE")},
+               if (k.startswith("PIP_") and k not in ("PIP_NO_INPUT", "PIP_TARGET", "PIP_PREFIX",
+                                                      "PIP_USER", "PIP_REQUIRE_VIRTUALENV"))
+               or k in _PASSTHROUGH_ENV},
         }
         t0 = time.monotonic()
         try:
-            proc = subprocess.run(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  timeout=self.pip_timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise RepoError(f"pip install timed out after {self.pip_timeout:.0f}s") from None
-        output = proc.stdout.decode("utf-8", "replace")
-        if proc.returncode != 0:
-            log.warning("pip install failed (%d): %s", proc.returncode, redact_url(output[-4000:]))
+            returncode, output = _run_bounded(cmd, cwd=root, env=env, timeout=self.pip_timeout)
+        finally:
+            shutil.rmtree(build_src, ignore_errors=True)
+        if returncode is None:
+            raise RepoError(f"pip install timed out after {self.pip_timeout:.0f}s")
+        if returncode != 0:
+            log.warning("pip install failed (%d): %s", returncode, redact_url(output[-4000:]))
             raise RepoError(f"pip install failed: {_pip_reason(output)}")
+        log.debug("pip output: %s", redact_url(output[-4000:]))
         log.info("pip install done in %.2fs", time.monotonic() - t0)
 
     @staticmethod

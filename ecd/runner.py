@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sock = socket.socket(fileno=opts.fd)
     sock.setblocking(True)
+    if tuple(getattr(msgpack, "version", (0,)))[:1] < (1,):  # the user's venv has an old one
+        send_frame(sock, msgpack, ["import_failed", "ImportError",
+                                   f"msgpack >= 1.0 is required in the virtualenv, found "
+                                   f"{getattr(msgpack, 'version', '?')}", ""])
+        return EXIT_IMPORT_FAILED
     try:
         module = importlib.import_module(opts.module)
     except BaseException as e:  # noqa: BLE001 - SyntaxError, SystemExit, anything

@@ -73,6 +73,9 @@ class Frontend:
         ProtocolError values so the caller can answer them."""
         out: list[tuple[Peer, protocol.Message | protocol.ProtocolError]] = []
         for _ in range(RECV_BATCH):
+            # EVENTS first: a failed non-blocking recv raises zmq.Again, which costs far more
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:

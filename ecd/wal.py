@@ -154,10 +154,11 @@ class Wal:
         self.fatal = False
         self.fatal_error: str | None = None
         self.path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(
-            str(self.path), map_size=map_size, max_dbs=len(_DB_NAMES) + 2, subdir=True,
-            sync=True, metasync=True, lock=True,
-        )
+        try:
+            self._env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DB_NAMES) + 2,
+                                  subdir=True, sync=True, metasync=True, lock=True)
+        except lmdb.Error as e:
+            raise WalError(f"cannot open write-ahead log {self.path}: {e}") from e
         try:
             stale = self._env.reader_check()
             if stale:
@@ -165,8 +166,10 @@ class Wal:
             self._map_size = int(self._env.info()["map_size"])
             self._dbs = {name.decode(): self._env.open_db(name) for name in _DB_NAMES}
             self.node_id, self._seq = self._load_meta()
-        except BaseException:
+        except BaseException as e:
             self._env.close()
+            if isinstance(e, lmdb.Error):
+                raise WalError(f"cannot open write-ahead log {self.path}: {e}") from e
             raise
         self._read_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -526,8 +526,8 @@ class ProcessRegistry:
                 if start is not None and start != rec["start"]:
                     log.info("pid %d was reused; not killing it", pid)
                     continue
-                if start is None and not _group_members(pgid):
-                    continue
+                if not _is_running(pid) and not _group_members(pgid):
+                    continue  # gone, or a zombie nobody reaped: nothing left to kill
                 try:
                     os.killpg(pgid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -56,6 +56,11 @@ def unserialisable():
 def where():
     return {"cwd": os.getcwd(), "prefix": sys.prefix, "pid": os.getpid()}
 
+def corrupt_channel(data):
+    fd = int(sys.argv[sys.argv.index("--fd") + 1])
+    os.write(fd, data)
+    return 1
+
 def spawn_child():
     import subprocess
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]).pid

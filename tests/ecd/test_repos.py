@@ -203,6 +203,7 @@ def test_pyproject_and_requirements_text(code_loader: CodeLoader, git_commit,
     code = code_loader.prepare(CodeSpec(gitrepo=str(repo), requirements="six"))
     out = run_in(code, "import os, ecdtestpkg, six; os.chdir('/'); print(ecdtestpkg.ANSWER)")
     assert out == "42"
+    assert sorted(p.name for p in code.root.iterdir()) == ["ecdtestpkg", "pyproject.toml"]
     other = code_loader.prepare(CodeSpec(gitrepo=str(repo)))
     assert other.venv != code.venv  # the requirements text is part of the cache key
 

@@ -203,6 +203,13 @@ def test_recent_newest_first_with_total(wal: Wal) -> None:
     assert wal.recent(0, 0) == (10, [])
 
 
+def test_second_open_in_one_process_is_refused(wal: Wal, wal_path: Path) -> None:
+    with pytest.raises(WalError):
+        Wal(wal_path)
+    wal.submit(1, [rec("still-works", wal.next_seq())])
+    assert collect(wal, 1) == [(1, None)]
+
+
 def test_hot_copy(wal: Wal, tmp_path: Path) -> None:
     wal.submit(1, [rec("k", wal.next_seq())])
     collect(wal, 1)

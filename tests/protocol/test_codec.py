@@ -346,3 +346,9 @@ def test_error_reply_for_bad_version() -> None:
 def test_error_reply_for_malformed() -> None:
     e = err([b"EC\x01\x12", b"rid", b"\x80", b"\xc1"])
     assert p.error_reply(e) == p.Error(code=p.E_MALFORMED, reason=e.reason, request_id=b"rid")
+
+
+def test_nesting_limit_is_1024() -> None:
+    assert p.unpack(b"\x91" * 1024 + b"\xc0") is not None
+    with pytest.raises(p.ProtocolError, match="too deep"):
+        p.unpack(b"\x91" * 1025 + b"\xc0")

@@ -1,0 +1,219 @@
+"""End to end: the Python client (``ecctl.Function`` / ``ecctl.Client``) against a real ``ecd``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ecctl import CallTimeout, Client, Function, RemoteError, ServerError, Socket
+from tests.conftest import ROOT, EcdProcess, wait_for
+
+SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
+
+
+def register_sample(client: Client, repo: str) -> None:
+    client.add_queue("q1", "direct")
+    client.add_processor("proc1", repo, "sample.tasks", concurrency=2, retries=1, retry_delay=0.1)
+    for fn in SAMPLE_FUNCTIONS:
+        client.add_socket(f"sample.tasks.{fn}", processor="proc1", function=fn, queue="q1")
+
+    def running() -> bool:
+        proc = next((p for p in client.status()["processors"] if p["name"] == "proc1"), None)
+        if proc and proc["status"] == "failed":
+            raise AssertionError(f"proc1 failed: {proc['reason']}")
+        return bool(proc and proc["status"] == "running")
+
+    wait_for(running, 180, what="proc1 running")
+
+
+@pytest.fixture(scope="module")
+def client_node(venv_cache: Path, sample_repo: str) -> Iterator[EcdProcess]:
+    base = Path(tempfile.mkdtemp(prefix="ec-client-"))
+    node = EcdProcess(base / "n1", venv_cache, cpus=2)
+    try:
+        node.start()
+        with Client(node.endpoint) as client:
+            register_sample(client, sample_repo)
+        yield node
+    finally:
+        node.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def env_endpoint(client_node: EcdProcess, monkeypatch: pytest.MonkeyPatch) -> str:
+    """EC_ENDPOINT points at the module's node, as a user's shell would."""
+    monkeypatch.setenv("EC_ENDPOINT", client_node.endpoint)
+    monkeypatch.delenv("EC_DATA_DIR", raising=False)
+    return client_node.endpoint
+
+
+RESULTS_BY_ID = """
+import json, sys
+from ecctl import Client, RemoteError
+out = {}
+with Client() as c:
+    for call_id in sys.argv[1:]:
+        try:
+            out[call_id] = {"ok": True, "value": c.result(call_id, timeout=60)}
+        except RemoteError as e:
+            out[call_id] = {"ok": False, "type": e.type, "message": e.message, "call_id": e.call_id}
+print(json.dumps(out))
+"""
+
+
+def results_in_new_process(endpoint: str, *call_ids: str) -> dict[str, Any]:
+    """``Client().result(id)`` for each id, from a fresh python process with EC_ENDPOINT set."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EC_ENDPOINT": endpoint}
+    env.pop("EC_DATA_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", RESULTS_BY_ID, *call_ids], capture_output=True,
+                          timeout=100, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+# ---------------------------------------------------------------------------- Function
+
+
+def test_function_returns_once_accepted_then_get(env_endpoint: str) -> None:
+    do_something = Function("sample.tasks.do_something")
+    r = do_something("hello")
+    assert isinstance(r.id, str) and len(r.id) == 36
+    # accepted means the daemon knows the call durably already
+    with Client() as c:
+        record = c.ls_call(r.id)
+    assert record["state"] in ("queued", "running", "done")
+    assert record["socket"] == "sample.tasks.do_something"
+    assert r.get(timeout=30) == "Do something: hello"
+    assert r.state == "done"
+    assert r.ready()
+
+
+def test_socket_is_function_and_explicit_endpoint(client_node: EcdProcess) -> None:
+    assert Socket is Function
+    f = Socket("sample.tasks.do_this", endpoint=client_node.endpoint)
+    assert f("x").get(timeout=30) == "Do this: x"
+
+
+def test_get_times_out_while_running(env_endpoint: str) -> None:
+    r = Function("sample.tasks.sleep")(1.5)
+    with pytest.raises(CallTimeout):
+        r.get(timeout=0.2)
+    assert r.get(timeout=30) == 1.5
+
+
+def test_remote_error_fields(env_endpoint: str) -> None:
+    r = Function("sample.tasks.fail")("boom")
+    with pytest.raises(RemoteError) as info:
+        r.get(timeout=30)
+    err = info.value
+    assert err.type == "ValueError"
+    assert err.message == "boom"
+    assert err.call_id == r.id
+    assert str(err) == "ValueError: boom"
+    assert "Traceback" in err.traceback
+    assert "tasks.py" in err.traceback and "raise ValueError(message)" in err.traceback
+    assert r.state == "failed"
+
+
+def test_kwargs(env_endpoint: str) -> None:
+    echo = Function("sample.tasks.echo")
+    assert echo(1, "a", x=2).get(timeout=30) == {"args": [1, "a"], "kwargs": {"x": 2}}
+    assert echo(message="m").get(timeout=30) == {"args": [], "kwargs": {"message": "m"}}
+    assert Function("sample.tasks.add_two")(one=40, two=2).get(timeout=30) == 42
+
+
+def test_values_round_trip(env_endpoint: str) -> None:
+    values = [
+        b"\x00\xffbytes\n", b"", None, True, False, 0, -1, 2**63 - 1, -(2**63), 2**64 - 1,
+        1.5, -0.0, float("inf"), "", "ünïcödé ✓", [], {},
+        {"nested": [1, [2, [3, {"deep": b"\x01", "none": None}]]], "list": [None, "s", b"b"]},
+    ]
+    got = Function("sample.tasks.echo")(*values, kw={"k": [b"v", None]}).get(timeout=30)
+    assert got == {"args": values, "kwargs": {"kw": {"k": [b"v", None]}}}
+    for value, back in zip(values, got["args"]):
+        assert type(back) is type(value), (value, back)
+    assert Function("sample.tasks.noop")().get(timeout=30) is None
+
+
+def test_signature_partial(env_endpoint: str) -> None:
+    add = Function("sample.tasks.add_two")
+    assert add.p(40).delay(2).get(timeout=30) == 42
+    assert add.p(1)(2).apply(timeout=30) == 3
+
+
+def test_unknown_socket_raises_server_error(env_endpoint: str) -> None:
+    with pytest.raises(ServerError) as info:
+        Function("no.such.socket")("x")
+    assert info.value.code == 404
+    assert "no.such.socket" in str(info.value)
+
+
+def test_resubmit_same_call_id_is_duplicate(env_endpoint: str) -> None:
+    with Client() as c:
+        first = c.call("sample.tasks.add_two", 2, 3, call_id="fixed-id-e2e-1")
+        again = c.call("sample.tasks.add_two", 2, 3, call_id="fixed-id-e2e-1")
+        assert first.id == again.id == "fixed-id-e2e-1"
+        assert again.duplicate and not first.duplicate
+        assert again.get(timeout=30) == 5
+        assert c.ls_call("fixed-id-e2e-1")["attempts"] == 1
+
+
+# ------------------------------------------------------------------------- result by id
+
+
+def test_result_by_id_from_new_process(client_node: EcdProcess, env_endpoint: str) -> None:
+    # still running when the other process asks: it long-polls until the end
+    running = Function("sample.tasks.sleep")(1)
+    done = Function("sample.tasks.do_something")("from afar")
+    failed = Function("sample.tasks.fail")("far boom")
+    assert done.get(timeout=30) == "Do something: from afar"
+    out = results_in_new_process(client_node.endpoint, running.id, done.id, failed.id)
+    assert out[running.id] == {"ok": True, "value": 1}
+    assert out[done.id] == {"ok": True, "value": "Do something: from afar"}
+    assert out[failed.id] == {"ok": False, "type": "ValueError", "message": "far boom", "call_id": failed.id}
+
+
+def test_result_of_unknown_id_is_not_found(env_endpoint: str) -> None:
+    with Client() as c, pytest.raises(ServerError) as info:
+        c.result("never-submitted-id", timeout=10)
+    assert info.value.code == 404
+
+
+@pytest.mark.timeout(180)
+def test_result_by_id_after_restart(sample_node: EcdProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EC_ENDPOINT", sample_node.endpoint)
+    ok = Function("sample.tasks.do_this")("survives")
+    bad = Function("sample.tasks.fail")("still boom")
+    assert ok.get(timeout=30) == "Do this: survives"
+    with pytest.raises(RemoteError):
+        bad.get(timeout=30)
+    # accepted but not finished yet at the restart: it runs after the restart
+    slow = Function("sample.tasks.sleep")(0.5)
+    queued = [Function("sample.tasks.add_two")(i, i) for i in range(3)]
+
+    assert sample_node.terminate() == 0
+    sample_node.start()
+
+    ids = [ok.id, bad.id, slow.id, *(q.id for q in queued)]
+    out = results_in_new_process(sample_node.endpoint, *ids)
+    assert out[ok.id] == {"ok": True, "value": "Do this: survives"}
+    assert out[bad.id] == {"ok": False, "type": "ValueError", "message": "still boom", "call_id": bad.id}
+    assert out[slow.id] == {"ok": True, "value": 0.5}
+    for i, q in enumerate(queued):
+        assert out[q.id] == {"ok": True, "value": 2 * i}
+    # and the old handles in this process keep working against the restarted node
+    assert ok.client.result(ok.id, timeout=30) == "Do this: survives"
+    with Client(sample_node.endpoint) as c:
+        for call_id in ids:
+            record = c.ls_call(call_id)
+            assert [e["name"] for e in record["events"]].count("postrun") <= 1
