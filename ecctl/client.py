@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +238,74 @@ class Client:
             if isinstance(reply, protocol.Result):
                 return _outcome(reply)
 
+    def map(self, socket: str, arglists: Iterable[Sequence[Any] | Any], *, window: int = 256,
+            timeout: float | None = None) -> list[Any]:
+        """Call ``socket(*args)`` for every ``args`` in ``arglists`` (a non-sequence item is one
+        argument), keeping at most ``window`` calls in flight on this one connection; returns the
+        results in input order. The first failed call raises its RemoteError (the others still
+        run: they are durable). ``timeout`` bounds the whole batch.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        items = [tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in arglists]
+        results: list[Any] = [_UNSET] * len(items)
+        errors: dict[int, RemoteError] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_ipc()
+            sock = self._socket()
+            outstanding: dict[bytes, tuple[int, Any]] = {}  # request id -> (index, message)
+            next_item = done = 0
+            last_progress = time.monotonic()
+
+            def send(index: int, msg: Any) -> None:
+                msg = dataclasses.replace(msg, request_id=os.urandom(8))
+                outstanding[msg.request_id] = (index, msg)
+                sock.send_multipart(protocol.encode(msg), copy=False)
+
+            while done < len(items):
+                while next_item < len(items) and len(outstanding) < window:
+                    args = items[next_item]
+                    send(next_item, protocol.Call(socket=socket, args=protocol.pack(list(args)),
+                                                  kwargs=protocol.pack({}), call_id=str(uuid.uuid4())))
+                    next_item += 1
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise CallTimeout(f"{len(items) - done} of {len(items)} calls unfinished after {timeout}s")
+                if not sock.poll(int(min(self.resend_interval, (deadline or now + 60) - now) * 1000) + 1, zmq.POLLIN):
+                    if time.monotonic() - last_progress >= self.resend_interval:
+                        # nothing came back for a while: re-send everything (idempotent by call id)
+                        pending = list(outstanding.values())
+                        outstanding.clear()
+                        self._reset()
+                        sock = self._socket()
+                        for index, msg in pending:
+                            send(index, msg)
+                        last_progress = time.monotonic()
+                    continue
+                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    reply = protocol.decode(sock.recv_multipart())
+                    entry = outstanding.pop(reply.request_id, None)
+                    if entry is None:
+                        continue  # stale (answered before a re-send)
+                    last_progress = time.monotonic()
+                    self._answered = True
+                    index, msg = entry
+                    if isinstance(reply, protocol.Error):
+                        raise ServerError(reply.code, reply.reason, reply.detail)
+                    if isinstance(reply, (protocol.Accepted, protocol.Pending)):
+                        call_id = reply.call_id
+                        send(index, protocol.Get(call_id=call_id, wait_ms=MAX_WAIT_MS))
+                    elif isinstance(reply, protocol.Result):
+                        done += 1
+                        try:
+                            results[index] = _outcome(reply)
+                        except RemoteError as exc:
+                            errors[index] = exc
+        if errors:
+            raise errors[min(errors)]
+        return results
+
     # -- admin -------------------------------------------------------------------------------
 
     def ping(self) -> dict[str, Any]:
@@ -407,6 +475,11 @@ class Function:
     def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Submit a call; returns once the call is durably accepted."""
         return self.client.submit(self.name, args, kwargs)
+
+    def map(self, arglists: Iterable[Sequence[Any] | Any], *, window: int = 256,
+            timeout: float | None = None) -> list[Any]:
+        """Call this function once per item with a bounded window in flight; see :meth:`Client.map`."""
+        return self.client.map(self.name, arglists, window=window, timeout=timeout)
 
     @property
     def p(self) -> Signature:

@@ -327,3 +327,19 @@ def test_kill_orphans_group_without_leader(tmp_path: Path) -> None:
         if member and alive(member):
             os.kill(member, signal.SIGKILL)
         leader.stdout.close()
+
+
+def test_runner_imports_only_stdlib_and_msgpack() -> None:
+    import ast
+
+    from ecd.workers import RUNNER_PATH
+
+    tree = ast.parse(RUNNER_PATH.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    names.discard("__future__")
+    assert names - {"msgpack"} <= set(sys.stdlib_module_names), names

@@ -1,0 +1,1 @@
+"""ElasticCode benchmarks: ``python -m bench calls [--json]``."""
