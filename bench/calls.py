@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     parser.add_argument("--latency-calls", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=20_000, help="calls in the throughput run")
-    parser.add_argument("--window", type=int, default=512, help="calls in flight in the throughput run")
+    parser.add_argument("--window", type=int, default=1024, help="calls in flight in the throughput run")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)

@@ -238,70 +238,86 @@ class Client:
             if isinstance(reply, protocol.Result):
                 return _outcome(reply)
 
-    def map(self, socket: str, arglists: Iterable[Sequence[Any] | Any], *, window: int = 256,
-            timeout: float | None = None) -> list[Any]:
+    def map(self, socket: str, arglists: Iterable[Sequence[Any] | Any], *, window: int = 1024,
+            batch: int = 128, timeout: float | None = None) -> list[Any]:
         """Call ``socket(*args)`` for every ``args`` in ``arglists`` (a non-sequence item is one
-        argument), keeping at most ``window`` calls in flight on this one connection; returns the
-        results in input order. The first failed call raises its RemoteError (the others still
-        run: they are durable). ``timeout`` bounds the whole batch.
+        argument) and return the results in input order.
+
+        Calls go out in CALLS messages of up to ``batch`` entries, at most ``window`` unfinished
+        at once, over this one connection; the daemon pushes RESULTS as they end. The first
+        failed call raises its RemoteError (the others still run: they are durable). If nothing
+        arrives for ``resend_interval`` the unfinished calls are sent again with the same ids
+        (idempotent). ``timeout`` bounds the whole batch.
         """
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        items = [tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in arglists]
-        results: list[Any] = [_UNSET] * len(items)
+        if window < 1 or batch < 1:
+            raise ValueError("window and batch must be at least 1")
+        batch = min(batch, protocol.MAX_BATCH)
+        empty_kwargs = protocol.pack({})
+        entries = [{"socket": socket, "args": protocol.pack(list(a) if isinstance(a, (list, tuple)) else [a]),
+                    "kwargs": empty_kwargs, "call_id": str(uuid.uuid4())} for a in arglists]
+        index = {e["call_id"]: i for i, e in enumerate(entries)}
+        results: list[Any] = [_UNSET] * len(entries)
         errors: dict[int, RemoteError] = {}
+        unfinished: set[str] = set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_ipc()
             sock = self._socket()
-            outstanding: dict[bytes, tuple[int, Any]] = {}  # request id -> (index, message)
-            next_item = done = 0
+            request_ids: set[bytes] = set()
+            next_entry = done = 0
             last_progress = time.monotonic()
 
-            def send(index: int, msg: Any) -> None:
-                msg = dataclasses.replace(msg, request_id=os.urandom(8))
-                outstanding[msg.request_id] = (index, msg)
-                sock.send_multipart(protocol.encode(msg), copy=False)
+            def send(chunk: list[dict[str, Any]]) -> None:
+                rid = os.urandom(8)
+                request_ids.add(rid)
+                sock.send_multipart(protocol.encode(protocol.Calls(calls=chunk, push=True, request_id=rid)),
+                                    copy=False)
 
-            while done < len(items):
-                while next_item < len(items) and len(outstanding) < window:
-                    args = items[next_item]
-                    send(next_item, protocol.Call(socket=socket, args=protocol.pack(list(args)),
-                                                  kwargs=protocol.pack({}), call_id=str(uuid.uuid4())))
-                    next_item += 1
+            while done < len(entries):
+                while next_entry < len(entries) and len(unfinished) < window:
+                    chunk = entries[next_entry:next_entry + min(batch, window - len(unfinished))]
+                    next_entry += len(chunk)
+                    unfinished.update(e["call_id"] for e in chunk)
+                    send(chunk)
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
-                    raise CallTimeout(f"{len(items) - done} of {len(items)} calls unfinished after {timeout}s")
-                if not sock.poll(int(min(self.resend_interval, (deadline or now + 60) - now) * 1000) + 1, zmq.POLLIN):
+                    raise CallTimeout(f"{len(entries) - done} of {len(entries)} calls unfinished after {timeout}s")
+                wait = self.resend_interval if deadline is None else min(self.resend_interval, deadline - now)
+                if not sock.poll(int(wait * 1000) + 1, zmq.POLLIN):
                     if time.monotonic() - last_progress >= self.resend_interval:
-                        # nothing came back for a while: re-send everything (idempotent by call id)
-                        pending = list(outstanding.values())
-                        outstanding.clear()
+                        # nothing for a while (daemon restarted?): send the unfinished calls again
                         self._reset()
                         sock = self._socket()
-                        for index, msg in pending:
-                            send(index, msg)
+                        request_ids.clear()
+                        pending = [entries[index[cid]] for cid in unfinished]
+                        for start in range(0, len(pending), batch):
+                            send(pending[start:start + batch])
                         last_progress = time.monotonic()
                     continue
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     reply = protocol.decode(sock.recv_multipart())
-                    entry = outstanding.pop(reply.request_id, None)
-                    if entry is None:
-                        continue  # stale (answered before a re-send)
+                    if reply.request_id not in request_ids:
+                        continue  # stale: from before a re-send
                     last_progress = time.monotonic()
                     self._answered = True
-                    index, msg = entry
                     if isinstance(reply, protocol.Error):
                         raise ServerError(reply.code, reply.reason, reply.detail)
-                    if isinstance(reply, (protocol.Accepted, protocol.Pending)):
-                        call_id = reply.call_id
-                        send(index, protocol.Get(call_id=call_id, wait_ms=MAX_WAIT_MS))
-                    elif isinstance(reply, protocol.Result):
-                        done += 1
-                        try:
-                            results[index] = _outcome(reply)
-                        except RemoteError as exc:
-                            errors[index] = exc
+                    if isinstance(reply, protocol.AcceptedMany):
+                        if reply.refused:
+                            first = reply.refused[0]
+                            raise ServerError(first["code"], first["reason"], {"call_id": first["call_id"]})
+                    elif isinstance(reply, protocol.Results):
+                        for entry in reply.results:
+                            cid = entry["call_id"]
+                            if cid not in unfinished:
+                                continue
+                            unfinished.discard(cid)
+                            done += 1
+                            i = index[cid]
+                            try:
+                                results[i] = _outcome(protocol.Result(**entry))
+                            except RemoteError as exc:
+                                errors[i] = exc
         if errors:
             raise errors[min(errors)]
         return results
@@ -476,10 +492,10 @@ class Function:
         """Submit a call; returns once the call is durably accepted."""
         return self.client.submit(self.name, args, kwargs)
 
-    def map(self, arglists: Iterable[Sequence[Any] | Any], *, window: int = 256,
+    def map(self, arglists: Iterable[Sequence[Any] | Any], *, window: int = 1024, batch: int = 128,
             timeout: float | None = None) -> list[Any]:
         """Call this function once per item with a bounded window in flight; see :meth:`Client.map`."""
-        return self.client.map(self.name, arglists, window=window, timeout=timeout)
+        return self.client.map(self.name, arglists, window=window, batch=batch, timeout=timeout)
 
     @property
     def p(self) -> Signature:

@@ -48,8 +48,24 @@ logger = logging.getLogger(__name__)
 MAX_POLL_MS = 1000
 #: Seconds between GIL hand-offs among the node's threads (Python's default is 0.005).
 SWITCH_INTERVAL = 0.0005
+#: Calls handed to one worker at most (1 running + the rest waiting in its pipe) under backlog.
+PREFETCH = 4
 #: Seconds a worker gets to exit after "stop" before it is killed.
 WORKER_STOP_GRACE = 2.0
+
+
+class _Batch:
+    """A CALLS request waiting for its new entries to become durable."""
+
+    __slots__ = ("peer", "request_id", "accepted", "refused", "waiting", "sent")
+
+    def __init__(self, peer: Peer, request_id: bytes) -> None:
+        self.peer = peer
+        self.request_id = request_id
+        self.accepted: list[dict[str, Any]] = []
+        self.refused: list[dict[str, Any]] = []
+        self.waiting: set[str] = set()
+        self.sent = False
 
 
 class Node:
@@ -62,7 +78,8 @@ class Node:
         self.stopping = False
         self.active: dict[str, dict[str, Any]] = {}  # calls not yet finished-and-committed
         self.ack_waiters: dict[str, list[tuple[Peer, bytes]]] = {}
-        self.result_waiters: dict[str, list[tuple[Peer, bytes]]] = {}
+        self.result_waiters: dict[str, list[tuple[Peer, bytes]]] = {}  # GET long polls
+        self.push_waiters: dict[str, list[tuple[Peer, bytes]]] = {}  # CALLS with push
         self.get_timers: list[tuple[float, int, str, Peer, bytes]] = []
         self.running: dict[str, tuple[ProcessorRuntime, WorkerSlot]] = {}
         self.runtimes: dict[str, ProcessorRuntime] = {}
@@ -274,6 +291,8 @@ class Node:
         try:
             if isinstance(message, protocol.Call):
                 self._handle_call(peer, message)
+            elif isinstance(message, protocol.Calls):
+                self._handle_calls(peer, message)
             elif isinstance(message, protocol.Get):
                 self._handle_get(peer, message)
             elif isinstance(message, protocol.Admin):
@@ -293,43 +312,93 @@ class Node:
     def _error(self, peer: Peer, request_id: bytes, code: int, reason: str, **detail: Any) -> None:
         self.frontend.send(peer, protocol.Error(code=code, reason=reason, detail=detail, request_id=request_id))
 
-    def _handle_call(self, peer: Peer, msg: protocol.Call) -> None:
-        call_id = msg.call_id or str(uuid.uuid4())
-        if call_id in self.active or call_id in self.ack_waiters:
-            if call_id in self.ack_waiters:
-                self.ack_waiters[call_id].append((peer, msg.request_id))
-            else:
-                record = self.active[call_id]
-                self.frontend.send(peer, protocol.Accepted(
-                    call_id=call_id, seq=record["seq"], node=self.config.name, duplicate=True,
-                    request_id=msg.request_id))
-            return
+    def _admit(self, socket_name: str, args: bytes, kwargs: bytes, call_id: str) -> tuple[str, Any]:
+        """Decide what a CALL (or one CALLS entry) with ``call_id`` becomes:
+
+        ``("known", record)`` already in memory (its accept may still be in flight),
+        ``("stored", record)`` already in the log, ``("refused", (code, reason))``, or
+        ``("new", record)``: a new record, queued (it may start before its accept is durable;
+        the log writes its accept ahead of any later write of the call, and the client is only
+        told once it is durable).
+        """
+        record = self.active.get(call_id)
+        if record is not None:
+            return "known", record
         if self.stopping:
-            self._error(peer, msg.request_id, protocol.E_UNAVAILABLE, "node is shutting down; call not accepted")
-            return
-        existing = self.wal.get(call_id)
-        if existing is not None:
-            self.frontend.send(peer, protocol.Accepted(
-                call_id=call_id, seq=existing["seq"], node=self.config.name, duplicate=True,
-                request_id=msg.request_id))
-            return
-        socket = self.topology.sockets.get(msg.socket)
+            return "refused", (protocol.E_UNAVAILABLE, "node is shutting down; call not accepted")
+        stored = self.wal.get(call_id)
+        if stored is not None:
+            return "stored", stored
+        socket = self.topology.sockets.get(socket_name)
         if socket is None:
-            self._error(peer, msg.request_id, protocol.E_NOT_FOUND, f"unknown socket '{msg.socket}'")
-            return
+            return "refused", (protocol.E_NOT_FOUND, f"unknown socket '{socket_name}'")
         processor = self.topology.processors[socket.processor]
         record = C.new_record(
             call_id=call_id, seq=self.wal.next_seq(), owner=self.node_id, node=self.config.name,
             socket=socket.name, processor=processor.name, function=socket.function,
-            args=msg.args, kwargs=msg.kwargs, retries=processor.retries,
+            args=args, kwargs=kwargs, retries=processor.retries,
             retry_delay=processor.retry_delay, timelimit=processor.timelimit,
         )
         self.active[call_id] = record
-        self.ack_waiters[call_id] = [(peer, msg.request_id)]
-        self.wal.submit(("accept", call_id), [record])
-        # Runs may start before the fsync completes (the accept is ahead of any later write of
-        # this call in the log's queue); the client is only told once it is durable.
         self.scheduler.push(socket.name, call_id)
+        return "new", record
+
+    def _handle_call(self, peer: Peer, msg: protocol.Call) -> None:
+        call_id = msg.call_id or str(uuid.uuid4())
+        kind, value = self._admit(msg.socket, msg.args, msg.kwargs, call_id)
+        if kind == "refused":
+            self._error(peer, msg.request_id, *value)
+        elif kind == "new":
+            self.ack_waiters[call_id] = [(peer, msg.request_id)]
+            self.wal.submit(("accept", [call_id]), [value])
+        elif call_id in self.ack_waiters:
+            self.ack_waiters[call_id].append((peer, msg.request_id))
+        else:
+            self.frontend.send(peer, protocol.Accepted(
+                call_id=call_id, seq=value["seq"], node=self.config.name, duplicate=True,
+                request_id=msg.request_id))
+
+    def _handle_calls(self, peer: Peer, msg: protocol.Calls) -> None:
+        """CALLS: admit every entry, answer ACCEPTED_MANY once all new ones are durable, and with
+        ``push`` send RESULTS as they end."""
+        batch = _Batch(peer, msg.request_id)
+        records: list[dict[str, Any]] = []
+        ready: list[dict[str, Any]] = []
+        for entry in msg.calls:
+            call_id = entry["call_id"] or str(uuid.uuid4())
+            kind, value = self._admit(entry["socket"], entry["args"], entry["kwargs"], call_id)
+            if kind == "refused":
+                code, reason = value
+                batch.refused.append({"call_id": call_id, "code": code, "reason": reason})
+                continue
+            if kind == "new":
+                records.append(value)
+                batch.waiting.add(call_id)
+                self.ack_waiters[call_id] = [batch]
+            elif call_id in self.ack_waiters:
+                if call_id not in batch.waiting:
+                    batch.waiting.add(call_id)
+                    self.ack_waiters[call_id].append(batch)
+            else:
+                batch.accepted.append({"call_id": call_id, "seq": value["seq"], "duplicate": True})
+            if msg.push:
+                if kind == "stored" and value["state"] in C.TERMINAL:
+                    ready.append(value)
+                else:
+                    self.push_waiters.setdefault(call_id, []).append((peer, msg.request_id))
+        if records:
+            self.wal.submit(("accept", [r["id"] for r in records]), records)
+        if not batch.waiting:
+            self._send_batch_accept(batch)
+        if ready:
+            self.frontend.send(peer, protocol.Results(
+                results=[self._result_entry(r) for r in ready], request_id=msg.request_id))
+
+    def _send_batch_accept(self, batch: "_Batch") -> None:
+        batch.sent = True
+        self.frontend.send(batch.peer, protocol.AcceptedMany(
+            node=self.config.name, accepted=batch.accepted, refused=batch.refused,
+            request_id=batch.request_id))
 
     def _handle_get(self, peer: Peer, msg: protocol.Get) -> None:
         record = self.active.get(msg.call_id)
@@ -350,42 +419,70 @@ class Node:
         heapq.heappush(self.get_timers, (time.monotonic() + msg.wait_ms / 1000, self._timer_seq, msg.call_id, peer, msg.request_id))
 
     @staticmethod
-    def _result_message(record: dict[str, Any], request_id: bytes) -> protocol.Result:
+    def _result_entry(record: dict[str, Any]) -> dict[str, Any]:
         if record["state"] == C.DONE:
-            return protocol.Result(call_id=record["id"], ok=True, value=record.get("result") or b"\xc0", request_id=request_id)
-        return protocol.Result(call_id=record["id"], ok=False, error=record.get("error") or
-                               C.error_dict("Error", "failed"), request_id=request_id)
+            return {"call_id": record["id"], "ok": True, "value": record.get("result") or b"\xc0", "error": None}
+        error = record.get("error") or C.error_dict("Error", "failed")
+        return {"call_id": record["id"], "ok": False, "value": b"",
+                "error": {"type": str(error.get("type", "Error")), "message": str(error.get("message", "")),
+                          "traceback": str(error.get("traceback", ""))}}
+
+    def _result_message(self, record: dict[str, Any], request_id: bytes) -> protocol.Result:
+        return protocol.Result(**self._result_entry(record), request_id=request_id)
 
     # -- commits --------------------------------------------------------------------------------
 
     def _handle_commits(self) -> None:
+        pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]] = {}
         for token, error in self.wal.drain():
             if token is None:
                 if error is not None:
                     logger.error("log write failed: %s", error)
                 continue
-            kind, call_id = token
+            kind, ids = token
             if kind == "accept":
-                waiters = self.ack_waiters.pop(call_id, [])
-                record = self.active.get(call_id)
-                if error is not None:
-                    logger.error("call %s not accepted: %s", call_id, error)
-                    for peer, request_id in waiters:
-                        self._error(peer, request_id, protocol.E_STORAGE, f"call not stored: {error}")
-                    continue
-                for peer, request_id in waiters:
-                    self.frontend.send(peer, protocol.Accepted(
-                        call_id=call_id, seq=record["seq"] if record else 0, node=self.config.name,
-                        request_id=request_id))
+                for call_id in ids:
+                    self._accepted(call_id, error)
             elif kind == "final":
-                if error is not None:
-                    logger.error("result of call %s not stored: %s", call_id, error)
-                    continue
-                record = self.active.pop(call_id, None)
-                if record is None:
-                    continue
-                for peer, request_id in self.result_waiters.pop(call_id, []):
-                    self.frontend.send(peer, self._result_message(record, request_id))
+                for call_id in ids:
+                    if error is not None:
+                        logger.error("result of call %s not stored: %s", call_id, error)
+                        continue
+                    record = self.active.pop(call_id, None)
+                    if record is None:
+                        continue
+                    for peer, request_id in self.result_waiters.pop(call_id, []):
+                        self.frontend.send(peer, self._result_message(record, request_id))
+                    for key in self.push_waiters.pop(call_id, []):
+                        pushes.setdefault(key, []).append(self._result_entry(record))
+        for (peer, request_id), entries in pushes.items():
+            for start in range(0, len(entries), protocol.MAX_BATCH):
+                self.frontend.send(peer, protocol.Results(
+                    results=entries[start:start + protocol.MAX_BATCH], request_id=request_id))
+
+    def _accepted(self, call_id: str, error: Exception | None) -> None:
+        """The accept of ``call_id`` committed (or failed): answer everyone waiting on it."""
+        waiters = self.ack_waiters.pop(call_id, [])
+        record = self.active.get(call_id)
+        if error is not None:
+            logger.error("call %s not accepted: %s", call_id, error)
+        for waiter in waiters:
+            if isinstance(waiter, _Batch):
+                waiter.waiting.discard(call_id)
+                if error is None:
+                    waiter.accepted.append({"call_id": call_id, "seq": record["seq"] if record else 0, "duplicate": False})
+                else:
+                    waiter.refused.append({"call_id": call_id, "code": protocol.E_STORAGE, "reason": f"call not stored: {error}"})
+                if not waiter.waiting and not waiter.sent:
+                    self._send_batch_accept(waiter)
+                continue
+            peer, request_id = waiter
+            if error is not None:
+                self._error(peer, request_id, protocol.E_STORAGE, f"call not stored: {error}")
+            else:
+                self.frontend.send(peer, protocol.Accepted(
+                    call_id=call_id, seq=record["seq"] if record else 0, node=self.config.name,
+                    request_id=request_id))
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -397,30 +494,98 @@ class Node:
         return bool(runtime and runtime.status == RUNNING and runtime.idle)
 
     def dispatch(self) -> None:
+        """Start queued calls on idle workers (one CPU slot each); then, if nothing else is
+        waiting for a slot, queue a few more behind the calls already running (prefetch), so a
+        worker under backlog never waits for the loop between two calls."""
         if self.stopping:
             return
         for socket_name, call_id in self.scheduler.assign(self._can_run):
-            record = self.active.get(call_id)
             socket = self.topology.sockets[socket_name]
             runtime = self.runtimes[socket.processor]
             slot = runtime.take_idle()
-            if record is None or slot is None:  # cannot happen: can_run said yes
+            if call_id not in self.active or slot is None:  # cannot happen: can_run said yes
                 self.scheduler.release()
-                if record is not None:
+                if call_id in self.active:
                     self.scheduler.push_front(socket_name, call_id)
                 continue
-            record["processor"], record["function"] = runtime.name, socket.function
-            C.mark_running(record, slot.process.pid)
-            slot.call_id = call_id
-            limit = runtime.definition.timelimit
-            slot.deadline = time.monotonic() + limit if limit else None
-            self.running[call_id] = (runtime, slot)
-            # The start of an attempt is not written to the log: a crash mid-attempt requeues the
-            # call without counting it, and the attempt's end (result, retry or failure) is written.
-            try:
-                slot.process.send_call(call_id, socket.function, record["args"], record["kwargs"])
-            except (OSError, WorkerError) as exc:  # the worker is gone; its channel EOF retries the call
-                logger.warning("cannot hand call %s to worker %d: %s", call_id, slot.process.pid, exc)
+            self._hand_over(runtime, slot, socket_name, call_id)
+        if self.scheduler.waiting and not self.scheduler.runnable(self._can_run):
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        sockets_of: dict[str, list[str]] = {}
+        for socket in self.topology.sockets.values():
+            sockets_of.setdefault(socket.processor, []).append(socket.name)
+        for runtime in self.runtimes.values():
+            names = sockets_of.get(runtime.name)
+            if not names or runtime.status != RUNNING:
+                continue
+            for slot in runtime.slots.values():
+                while slot.calls and len(slot.calls) < PREFETCH:
+                    taken = self.scheduler.take(names)
+                    if taken is None:
+                        break
+                    self._hand_over(runtime, slot, *taken)
+
+    def _hand_over(self, runtime: ProcessorRuntime, slot: WorkerSlot, socket_name: str, call_id: str) -> None:
+        """Send a call to a worker; it runs now if the worker is free, else after its queue."""
+        record = self.active[call_id]
+        socket = self.topology.sockets[socket_name]
+        record["processor"], record["function"] = runtime.name, socket.function
+        slot.calls.append(call_id)
+        self.running[call_id] = (runtime, slot)
+        if len(slot.calls) == 1:
+            self._start_head(runtime, slot)
+        try:
+            slot.process.send_call(call_id, socket.function, record["args"], record["kwargs"])
+        except (OSError, WorkerError) as exc:  # the worker is gone; its channel EOF retries the call
+            logger.warning("cannot hand call %s to worker %d: %s", call_id, slot.process.pid, exc)
+
+    def _start_head(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
+        """The slot's first call is now running. Its start is not written to the log: a crash
+        mid-attempt requeues the call without counting it; the attempt's end is written."""
+        record = self.active[slot.calls[0]]
+        C.mark_running(record, slot.process.pid)
+        limit = runtime.definition.timelimit
+        slot.deadline = time.monotonic() + limit if limit else None
+
+    def _finish_head(self, runtime: ProcessorRuntime, slot: WorkerSlot, value: bytes | None,
+                     error: dict[str, str] | None) -> None:
+        """The worker answered for its running call; the next queued one (if any) starts."""
+        self._end_attempt(slot.calls.popleft(), value, error)
+        if slot.calls:
+            self._start_head(runtime, slot)
+        else:
+            self.scheduler.release()
+            if len(runtime.slots) > runtime.definition.concurrency:
+                self._retire(runtime, slot)  # the processor was scaled down
+            else:
+                runtime.mark_idle(slot)
+
+    def _retire(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
+        """Stop an idle worker the processor no longer needs."""
+        for fd in self._fds_of(slot):
+            self._unregister_fd(fd)
+        runtime.forget(slot.process.pid)
+        slot.process.stop(WORKER_STOP_GRACE)
+
+    def _abandon(self, slot: WorkerSlot, error: dict[str, str] | None, note: str) -> None:
+        """The slot's worker is gone. Its running call ends with ``error`` (or, with None, is
+        requeued without counting the attempt); calls queued behind it go back untouched."""
+        if not slot.calls:
+            return
+        head = slot.calls.popleft()
+        for call_id in reversed(slot.calls):
+            self.running.pop(call_id, None)
+            record = self.active.get(call_id)
+            if record is not None:
+                self.scheduler.push_front(record["socket"], call_id)
+        slot.calls.clear()
+        self.scheduler.release()
+        if error is not None:
+            self._end_attempt(head, None, error)
+        else:
+            self._requeue_running(head, note)
 
     def _end_attempt(self, call_id: str, value: bytes | None, error: dict[str, str] | None) -> None:
         """A running call's attempt is over (result, exception, worker death or time limit)."""
@@ -428,17 +593,16 @@ class Node:
         record = self.active.get(call_id)
         if entry is None or record is None:
             return
-        self.scheduler.release()
         if error is None:
             C.mark_done(record, value if value is not None else b"\xc0")
-            self.wal.submit(("final", call_id), [record])
+            self.wal.submit(("final", [call_id]), [record])
             return
         if C.mark_error(record, error):
             self.scheduler.push(record["socket"], call_id, due=record["not_before"], now=time.time())
             self.wal.submit(None, [record])
         else:
             logger.info("call %s failed after %d attempt(s): %s", call_id, record["attempts"], error.get("type"))
-            self.wal.submit(("final", call_id), [record])
+            self.wal.submit(("final", [call_id]), [record])
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -453,12 +617,10 @@ class Node:
             runtime.mark_idle(slot)
         elif isinstance(event, Done):
             if slot.call_id == event.call_id:
-                self._end_attempt(event.call_id, event.value, None)
-                runtime.mark_idle(slot)
+                self._finish_head(runtime, slot, event.value, None)
         elif isinstance(event, Raised):
             if slot.call_id == event.call_id:
-                self._end_attempt(event.call_id, None, C.error_dict(event.type, event.message, event.traceback))
-                runtime.mark_idle(slot)
+                self._finish_head(runtime, slot, None, C.error_dict(event.type, event.message, event.traceback))
         elif isinstance(event, ImportFailed):
             reason = f"cannot import {runtime.definition.module}: {event.type}: {event.message}"
             runtime.fail(reason, self.config.prepare_retry)
@@ -470,26 +632,21 @@ class Node:
         for fd in self._fds_of(slot):  # the worker has closed them already
             self._unregister_fd(fd)
         runtime.forget(slot.process.pid)
-        call_id = slot.call_id
         slot.process.kill()
-        if call_id is not None:
-            self._end_attempt(call_id, None, C.error_dict(
-                "WorkerLost", f"worker {slot.process.pid} exited with code {returncode} during the call"))
+        self._abandon(slot, C.error_dict(
+            "WorkerLost", f"worker {slot.process.pid} exited with code {returncode} during the call"), "")
         if runtime.status in (RUNNING, PENDING) and runtime.respawn_at is None:
             logger.warning("worker %d of %s exited (code %s); respawning", slot.process.pid, runtime.name, returncode)
             runtime.schedule_respawn(time.monotonic())
 
     def _time_limit_exceeded(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
-        call_id = slot.call_id
         limit = runtime.definition.timelimit
-        logger.warning("call %s exceeded its time limit of %ss: killing worker %d", call_id, limit, slot.process.pid)
+        logger.warning("call %s exceeded its time limit of %ss: killing worker %d", slot.call_id, limit, slot.process.pid)
         for fd in self._fds_of(slot):
             self._unregister_fd(fd)
         runtime.forget(slot.process.pid)
         slot.process.kill()
-        if call_id is not None:
-            self._end_attempt(call_id, None, C.error_dict(
-                "TimeLimitExceeded", f"call exceeded the time limit of {limit}s"))
+        self._abandon(slot, C.error_dict("TimeLimitExceeded", f"call exceeded the time limit of {limit}s"), "")
         if runtime.status in (RUNNING, PENDING):
             self._spawn_workers(runtime)
 
@@ -529,15 +686,13 @@ class Node:
                 slot.process.stop(WORKER_STOP_GRACE)
             else:
                 slot.process.kill()
-            if slot.call_id is not None:
-                self._requeue_running(slot.call_id, requeue_note)
+            self._abandon(slot, None, requeue_note)
 
     def _requeue_running(self, call_id: str, note: str) -> None:
         entry = self.running.pop(call_id, None)
         record = self.active.get(call_id)
         if entry is None or record is None:
             return
-        self.scheduler.release()
         C.mark_requeued(record, note, refund=True)
         self.scheduler.push_front(record["socket"], call_id)
         self.wal.submit(None, [record])
@@ -593,11 +748,8 @@ class Node:
         while surplus > 0:
             slot = runtime.take_idle()
             if slot is None:
-                break  # busy workers above the new size retire when their call ends
-            for fd in self._fds_of(slot):
-                self._unregister_fd(fd)
-            runtime.forget(slot.process.pid)
-            slot.process.stop(WORKER_STOP_GRACE)
+                break  # busy workers above the new size retire when their calls end
+            self._retire(runtime, slot)
             surplus -= 1
         self._spawn_workers(runtime)
 
@@ -670,7 +822,7 @@ class Node:
             "uptime": time.time() - self.started,
             "endpoints": list(self.frontend.bound),
             "stopping": self.stopping,
-            "calls": {"active": len(self.active), "running": len(self.running), "waiting": self.scheduler.waiting},
+            "calls": {"active": len(self.active), "running": self.scheduler.busy, "assigned": len(self.running), "waiting": self.scheduler.waiting},
             "processors": [
                 {"name": name, **runtime.view(), "concurrency": runtime.definition.concurrency}
                 for name, runtime in sorted(self.runtimes.items())

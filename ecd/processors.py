@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,18 @@ RESPAWN_BACKOFF_MAX = 10.0
 
 @dataclass
 class WorkerSlot:
-    """One worker process and what it is doing."""
+    """One worker process and the calls handed to it: the head runs, the others (prefetched
+    under backlog) wait in the worker's pipe and start as soon as the head ends."""
 
     process: WorkerProcess
     ready: bool = False
-    call_id: str | None = None
-    deadline: float | None = None  # time limit of the running call
+    calls: deque[str] = field(default_factory=deque)
+    deadline: float | None = None  # time limit of the running (head) call
+
+    @property
+    def call_id(self) -> str | None:
+        """The running call, if any."""
+        return self.calls[0] if self.calls else None
 
 
 @dataclass
@@ -96,9 +103,9 @@ class ProcessorRuntime:
         return None
 
     def mark_idle(self, slot: WorkerSlot) -> None:
-        slot.call_id = None
+        """The worker has nothing left to run: offer it to the scheduler again."""
         slot.deadline = None
-        if slot.process.pid not in self.idle:
+        if not slot.calls and slot.process.pid not in self.idle:
             self.idle.append(slot.process.pid)
 
     def forget(self, pid: int) -> WorkerSlot | None:

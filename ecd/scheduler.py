@@ -85,6 +85,24 @@ class Scheduler:
             self.busy += 1
             yield socket, call_id
 
+    def take(self, sockets: list[str]) -> tuple[str, str] | None:
+        """Pop the next ready call of any of ``sockets`` without taking a CPU slot (the caller
+        queues it behind a call that holds one). Rotates, so the sockets share fairly."""
+        for socket in sockets:
+            queue = self._ready.get(socket)
+            if queue:
+                call_id = queue.popleft()
+                if not queue:
+                    self._order.remove(socket)
+                elif self._order and self._order[0] == socket:
+                    self._order.rotate(-1)
+                return socket, call_id
+        return None
+
+    def runnable(self, can_run: Callable[[str], bool]) -> bool:
+        """True if some socket with ready calls could start one now (given a CPU slot)."""
+        return any(can_run(socket) for socket in self._order)
+
     def release(self) -> None:
         """A call that held a slot has ended (or was put back)."""
         if self.busy <= 0:

@@ -493,24 +493,31 @@ class Wal:
         max_seq = 0
         for _token, items in batch:
             for it in items:
-                old_raw = txn.get(it.id_b, db=calls)
-                if old_raw is not None:
-                    self._unindex(txn, it.id_b, old_raw, it.seq)
                 skey = _seq_key(it.seq)
+                fresh = txn.get(it.id_b, db=calls) is None
+                # The common rewrite (same call, same seq, previously unfinished) only needs its
+                # pending entry dropped or kept: no need to decode the old record.
+                was_pending = not fresh and txn.get(skey, db=pending) is not None
+                if not fresh and not was_pending:
+                    self._unindex(txn, it.id_b, txn.get(it.id_b, db=calls), it.seq)
                 txn.put(it.id_b, it.value, db=calls)
-                id_val = _pack(it.id_b.decode("utf-8"))
-                txn.put(skey, id_val, db=byseq)
+                id_val = _pack(it.id_b.decode("utf-8")) if not was_pending or it.state == "failed" else b""
+                if not was_pending:
+                    txn.put(skey, id_val, db=byseq)
                 if it.state in TERMINAL_STATES:
-                    txn.delete(skey, db=pending)
+                    if was_pending:
+                        txn.delete(skey, db=pending)
                     finished = it.finished if it.finished is not None else now
                     txn.put(_expiry_key(finished, it.id_b), _pack(it.seq), db=expiry)
                     if it.state == "failed":
                         txn.put(skey, id_val, db=dead)
-                    else:
+                    elif not fresh and not was_pending:
                         txn.delete(skey, db=dead)
                 else:
-                    txn.put(skey, id_val, db=pending)
-                    txn.delete(skey, db=dead)
+                    if not was_pending:
+                        txn.put(skey, id_val, db=pending)
+                    if not fresh and not was_pending:
+                        txn.delete(skey, db=dead)
                 max_seq = max(max_seq, it.seq)
         if max_seq:
             raw = txn.get(_META_SEQ, db=meta)

@@ -335,9 +335,18 @@ class WorkerProcess:
         if self._sock is None:
             raise WorkerError(f"{self!r} is not running")
         body = msgpack.packb(msg, use_bin_type=True)
+        data = _HEADER.pack(len(body)) + body
         try:
+            sent = self._sock.send(data)  # the socket is non-blocking: the common, cheap case
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            raise WorkerError(f"cannot send to {self!r}: {e}") from None
+        if sent == len(data):
+            return
+        try:  # the worker's buffer is full: finish with a bounded blocking send
             self._sock.settimeout(timeout)
-            self._sock.sendall(_HEADER.pack(len(body)) + body)
+            self._sock.sendall(data[sent:])
         except (OSError, TimeoutError) as e:
             raise WorkerError(f"cannot send to {self!r}: {e}") from None
         finally:

@@ -10,17 +10,18 @@ from .constants import (
     E_TOO_LARGE, E_UNAUTHORIZED, E_UNAVAILABLE, E_VERSION, ERROR, ERROR_NAMES, FRAME_COUNT, GET,
     HEADER_BYTES, MAX_CALL_ID_CHARS, MAX_CREDENTIALS_BYTES, MAX_MESSAGE_BYTES, MAX_NAME_CHARS,
     MAX_OP_CHARS, MAX_REQUEST_ID_BYTES, MAX_ERROR_CODE, MAX_SEQ, MAX_STATE_CHARS, MAX_TEXT_CHARS, MAX_WAIT_MS,
-    MIN_ERROR_CODE, PENDING, PING, PONG, REPLY, RESULT, SIGNATURE, SUPPORTED_VERSIONS, VERSION,
+    MIN_ERROR_CODE, PENDING, PING, CALLS, ACCEPTED_MANY, RESULTS, MAX_BATCH, PONG, REPLY, RESULT, SIGNATURE, SUPPORTED_VERSIONS, VERSION,
 )
 from .errors import ProtocolError, UnsupportedVersion
 from .messages import (
-    MESSAGE_TYPES, REQUEST_TYPES, Accepted, Admin, Call, Error, Get, Message, Pending, Ping,
+    MESSAGE_TYPES, REQUEST_TYPES, Accepted, AcceptedMany, Admin, Call, Calls, Error, Results, Get, Message, Pending, Ping,
     Pong, Reply, Result,
 )
 
 __all__ = [
     # messages
-    "Ping", "Pong", "Call", "Accepted", "Get", "Result", "Pending", "Admin", "Reply", "Error",
+    "Ping", "Pong", "Call", "Accepted", "Get", "Result", "Pending", "Calls", "AcceptedMany",
+    "Results", "Admin", "Reply", "Error",
     "Message", "MESSAGE_TYPES", "REQUEST_TYPES",
     # codec
     "encode", "decode", "pack", "unpack", "error_reply",
@@ -29,7 +30,8 @@ __all__ = [
     # versions and framing
     "VERSION", "SUPPORTED_VERSIONS", "SIGNATURE", "FRAME_COUNT", "HEADER_BYTES",
     # commands
-    "PING", "PONG", "CALL", "ACCEPTED", "GET", "RESULT", "PENDING", "ADMIN", "REPLY", "ERROR",
+    "PING", "PONG", "CALL", "ACCEPTED", "GET", "RESULT", "PENDING", "CALLS", "ACCEPTED_MANY",
+    "RESULTS", "ADMIN", "REPLY", "ERROR",
     "COMMAND_NAMES",
     # error codes
     "E_MALFORMED", "E_UNAUTHORIZED", "E_NOT_FOUND", "E_TIMEOUT", "E_CONFLICT", "E_TOO_LARGE",
@@ -38,5 +40,5 @@ __all__ = [
     # limits
     "MAX_MESSAGE_BYTES", "MAX_REQUEST_ID_BYTES", "MAX_CREDENTIALS_BYTES", "MAX_NAME_CHARS",
     "MAX_CALL_ID_CHARS", "CALL_ID_RE", "MAX_OP_CHARS", "MAX_STATE_CHARS", "MAX_TEXT_CHARS",
-    "MAX_WAIT_MS", "MAX_SEQ", "MIN_ERROR_CODE", "MAX_ERROR_CODE",
+    "MAX_WAIT_MS", "MAX_SEQ", "MAX_BATCH", "MIN_ERROR_CODE", "MAX_ERROR_CODE",
 ]

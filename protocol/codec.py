@@ -227,26 +227,74 @@ def _deep_value(v: bytes) -> None:
         _unpackb(v)
 
 
+def _entries(schema: tuple[tuple[str, Check, Callable[[Any], None] | None], ...],
+             cross: Callable[[dict[str, Any]], None] | None = None) -> Check:
+    """A list of at most MAX_BATCH maps, each checked field by field like a message body.
+    Deep checks (payload decoding) run here too, so a batch is validated as a whole."""
+    def check(v: Any) -> Any:
+        if type(v) is not list:
+            raise _Invalid(f"must be a list, not {type(v).__name__}")
+        if len(v) > c.MAX_BATCH:
+            raise _Invalid(f"{len(v)} entries, over {c.MAX_BATCH}")
+        for i, entry in enumerate(v):
+            if type(entry) is not dict:
+                raise _Invalid(f"entry {i} must be a map, not {type(entry).__name__}")
+            for name, field_check, deep in schema:
+                if name not in entry:
+                    raise _Invalid(f"entry {i}: missing field {name!r}")
+                try:
+                    field_check(entry[name])
+                    if deep is not None:
+                        deep(entry[name])
+                except Exception as e:
+                    raise _Invalid(f"entry {i}.{name}: {_why(e)}") from e
+            if cross is not None:
+                cross(entry)
+        return v
+    return check
+
+
+def _result_consistent(fields: dict[str, Any]) -> None:
+    if fields["ok"] and fields["error"] is not None:
+        raise _Invalid("RESULT: ok is true but error is set")
+    if not fields["ok"] and fields["error"] is None:
+        raise _Invalid("RESULT: ok is false but error is missing")
+
+
+_CALL_FIELDS = (("socket", _str(1, c.MAX_NAME_CHARS), None),
+                ("args", _bytes, _deep_args),
+                ("kwargs", _bytes, _deep_kwargs),
+                ("call_id", _call_id(True), None))
+_RESULT_FIELDS = (("call_id", _call_id(False), None),
+                  ("ok", _bool, None),
+                  ("value", _bytes, _deep_value),
+                  ("error", _result_error, None))
+
+
 # name -> (check, deep check run on decode only); order = dataclass field order.
 _FIELDS: dict[int, tuple[tuple[str, Check, Callable[[Any], None] | None], ...]] = {
     c.PING: (),
     c.PONG: (("node", _str(0, c.MAX_NAME_CHARS), None),
              ("version", _str(0, c.MAX_TEXT_CHARS), None),
              ("time", _float, None)),
-    c.CALL: (("socket", _str(1, c.MAX_NAME_CHARS), None),
-             ("args", _bytes, _deep_args),
-             ("kwargs", _bytes, _deep_kwargs),
-             ("call_id", _call_id(True), None)),
+    c.CALL: _CALL_FIELDS,
     c.ACCEPTED: (("call_id", _call_id(False), None),
                  ("seq", _int(0, c.MAX_SEQ), None),
                  ("node", _str(0, c.MAX_NAME_CHARS), None),
                  ("duplicate", _bool, None)),
     c.GET: (("call_id", _call_id(False), None),
             ("wait_ms", _int(0, c.MAX_WAIT_MS), None)),
-    c.RESULT: (("call_id", _call_id(False), None),
-               ("ok", _bool, None),
-               ("value", _bytes, _deep_value),
-               ("error", _result_error, None)),
+    c.RESULT: _RESULT_FIELDS,
+    c.CALLS: (("calls", _entries(_CALL_FIELDS), None),
+              ("push", _bool, None)),
+    c.ACCEPTED_MANY: (("node", _str(0, c.MAX_NAME_CHARS), None),
+                      ("accepted", _entries((("call_id", _call_id(False), None),
+                                             ("seq", _int(0, c.MAX_SEQ), None),
+                                             ("duplicate", _bool, None))), None),
+                      ("refused", _entries((("call_id", _call_id(True), None),
+                                            ("code", _int(c.MIN_ERROR_CODE, c.MAX_ERROR_CODE), None),
+                                            ("reason", _str(0, c.MAX_TEXT_CHARS), None))), None)),
+    c.RESULTS: (("results", _entries(_RESULT_FIELDS, _result_consistent), None),),
     c.PENDING: (("call_id", _call_id(False), None),
                 ("state", _str(1, c.MAX_STATE_CHARS), None)),
     c.ADMIN: (("op", _str(1, c.MAX_OP_CHARS), None),
@@ -266,10 +314,7 @@ _HEADERS: dict[type, bytes] = {
 def _cross_check(cmd: int, fields: dict[str, Any]) -> None:
     """Rules that tie fields together."""
     if cmd == c.RESULT:
-        if fields["ok"] and fields["error"] is not None:
-            raise _Invalid("RESULT: ok is true but error is set")
-        if not fields["ok"] and fields["error"] is None:
-            raise _Invalid("RESULT: ok is false but error is missing")
+        _result_consistent(fields)
 
 
 # ---------------------------------------------------------------------------- encode

@@ -28,6 +28,9 @@ ACCEPTED: Final = 0x11
 GET: Final = 0x12
 RESULT: Final = 0x13
 PENDING: Final = 0x14
+CALLS: Final = 0x15
+ACCEPTED_MANY: Final = 0x16
+RESULTS: Final = 0x17
 ADMIN: Final = 0x20
 REPLY: Final = 0x21
 ERROR: Final = 0x7F
@@ -35,6 +38,7 @@ ERROR: Final = 0x7F
 COMMAND_NAMES: Final[dict[int, str]] = {
     PING: "PING", PONG: "PONG", CALL: "CALL", ACCEPTED: "ACCEPTED", GET: "GET",
     RESULT: "RESULT", PENDING: "PENDING", ADMIN: "ADMIN", REPLY: "REPLY", ERROR: "ERROR",
+    CALLS: "CALLS", ACCEPTED_MANY: "ACCEPTED_MANY", RESULTS: "RESULTS",
 }
 
 # Error codes (Error.code and ProtocolError.code); numbers follow HTTP where one fits.
@@ -82,6 +86,8 @@ MAX_TEXT_CHARS: Final = 64 * 1024
 MAX_WAIT_MS: Final = 3_600_000
 #: Largest sequence number (signed 64 bit).
 MAX_SEQ: Final = 2**63 - 1
+#: Most calls in one CALLS message (and entries in ACCEPTED_MANY / RESULTS).
+MAX_BATCH: Final = 1000
 #: Error.code range.
 MIN_ERROR_CODE: Final = 100
 MAX_ERROR_CODE: Final = 999

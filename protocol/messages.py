@@ -89,6 +89,40 @@ class Pending:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Calls:
+    """C: many calls in one message; each entry is a map {socket, args, kwargs, call_id} with
+    the meaning and checks of CALL's fields. With push, the server also sends RESULTS (same
+    request id) as the calls end, so no GET is needed."""
+    COMMAND: ClassVar[int] = c.CALLS
+    calls: list
+    push: bool = False
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceptedMany:
+    """S: answer to CALLS once every accepted entry is durably logged: accepted entries are maps
+    {call_id, seq, duplicate}; refused entries are maps {call_id, code, reason}."""
+    COMMAND: ClassVar[int] = c.ACCEPTED_MANY
+    node: str
+    accepted: list
+    refused: list = field(default_factory=list)
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results:
+    """S: results pushed for a CALLS with push; entries are maps {call_id, ok, value, error}
+    with the meaning and checks of RESULT's fields."""
+    COMMAND: ClassVar[int] = c.RESULTS
+    results: list
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Admin:
     """C: topology / inspection operation (see the admin ops table in SPEC.md)."""
     COMMAND: ClassVar[int] = c.ADMIN
@@ -118,8 +152,9 @@ class Error:
     credentials: dict = field(default_factory=dict)
 
 
-Message = Ping | Pong | Call | Accepted | Get | Result | Pending | Admin | Reply | Error
-MESSAGE_TYPES: tuple[type, ...] = (Ping, Pong, Call, Accepted, Get, Result, Pending, Admin,
-                                   Reply, Error)
+Message = (Ping | Pong | Call | Accepted | Get | Result | Pending | Calls | AcceptedMany | Results
+           | Admin | Reply | Error)
+MESSAGE_TYPES: tuple[type, ...] = (Ping, Pong, Call, Accepted, Get, Result, Pending, Calls,
+                                   AcceptedMany, Results, Admin, Reply, Error)
 #: Commands a client sends; the server sends the others.
-REQUEST_TYPES: tuple[type, ...] = (Ping, Call, Get, Admin)
+REQUEST_TYPES: tuple[type, ...] = (Ping, Call, Get, Calls, Admin)

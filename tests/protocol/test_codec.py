@@ -30,6 +30,15 @@ def all_messages() -> list[p.Message]:
         p.Result(call_id=CID, ok=False,
                  error={"type": "ValueError", "message": "m", "traceback": "tb"}),
         p.Pending(call_id=CID, state="queued"),
+        p.Calls(calls=[{"socket": "s", "args": args, "kwargs": kwargs, "call_id": CID},
+                       {"socket": "t", "args": p.pack([]), "kwargs": p.pack({}), "call_id": ""}],
+                push=True, request_id=b"b"),
+        p.Calls(calls=[]),
+        p.AcceptedMany(node="n1", accepted=[{"call_id": CID, "seq": 3, "duplicate": False}],
+                       refused=[{"call_id": "x", "code": c.E_NOT_FOUND, "reason": "unknown socket 't'"}]),
+        p.Results(results=[{"call_id": CID, "ok": True, "value": p.pack(None), "error": None},
+                           {"call_id": "y", "ok": False, "value": b"",
+                            "error": {"type": "E", "message": "m", "traceback": ""}}]),
         p.Admin(op="add_queue", args={"name": "q", "type": "direct"}),
         p.Admin(op="status", args={}),
         p.Reply(data=[{"name": "q", "depth": 3}, None, 1.5, b"x"]),
@@ -352,3 +361,28 @@ def test_nesting_limit_is_1024() -> None:
     assert p.unpack(b"\x91" * 1024 + b"\xc0") is not None
     with pytest.raises(p.ProtocolError, match="too deep"):
         p.unpack(b"\x91" * 1025 + b"\xc0")
+
+
+def _calls_frames(entries: list) -> list[bytes]:
+    body = msgpack.packb({"calls": entries, "push": False}, use_bin_type=True)
+    return [b"EC" + bytes((p.VERSION, c.CALLS)), b"r", b"\x80", body]
+
+
+@pytest.mark.parametrize("entries, why", [
+    ([{"socket": "s", "args": p.pack({}), "kwargs": p.pack({}), "call_id": ""}], "msgpack of a list"),
+    ([{"socket": "s", "args": p.pack([]), "kwargs": p.pack({}), "call_id": "bad id"}], "call_id"),
+    ([{"socket": "s", "args": p.pack([]), "kwargs": p.pack({})}], "missing field 'call_id'"),
+    (["not a map"], "must be a map"),
+    ([{"socket": "s", "args": p.pack([]), "kwargs": p.pack({}), "call_id": ""}] * (c.MAX_BATCH + 1), "over"),
+])
+def test_calls_batch_is_validated_per_entry(entries: list, why: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(_calls_frames(entries))
+    assert why in info.value.reason and info.value.request_id == b"r"
+
+
+def test_results_batch_checks_consistency() -> None:
+    body = msgpack.packb({"results": [{"call_id": CID, "ok": False, "value": b"", "error": None}]},
+                         use_bin_type=True)
+    with pytest.raises(p.ProtocolError, match="error is missing"):
+        p.decode([b"EC" + bytes((p.VERSION, c.RESULTS)), b"", b"\x80", body])
