@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 MAX_POLL_MS = 1000
 #: Seconds between GIL hand-offs among the node's threads (Python's default is 0.005).
 SWITCH_INTERVAL = 0.0005
+#: Seconds a new worker may take to import its module before it is killed (and respawned).
+WORKER_READY_TIMEOUT = 120.0
 #: Calls handed to one worker at most (1 running + the rest waiting in its pipe) under backlog.
 PREFETCH = 4
 #: Seconds a worker gets to exit after "stop" before it is killed.
@@ -251,6 +253,14 @@ class Node:
         # time limits, respawns, preparation retries
         for runtime in list(self.runtimes.values()):
             for slot in list(runtime.slots.values()):
+                if not slot.ready:
+                    if mono - slot.spawned > WORKER_READY_TIMEOUT:
+                        logger.error("worker %d of %s did not import %s within %ss: killing it",
+                                     slot.process.pid, runtime.name, runtime.definition.module, WORKER_READY_TIMEOUT)
+                        self._worker_exited(runtime, slot, None)
+                    else:
+                        next_at = min(next_at, slot.spawned + WORKER_READY_TIMEOUT)
+                    continue
                 if slot.deadline is not None:
                     if slot.deadline <= mono:
                         self._time_limit_exceeded(runtime, slot)

@@ -39,6 +39,7 @@ class WorkerSlot:
     ready: bool = False
     calls: deque[str] = field(default_factory=deque)
     deadline: float | None = None  # time limit of the running (head) call
+    spawned: float = field(default_factory=time.monotonic)
 
     @property
     def call_id(self) -> str | None:

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol
-from ecctl import Client, Function
+from ecctl import Client, Function, RemoteError, ServerError
 from tests.conftest import EcdProcess, wait_for
 
 SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
@@ -183,15 +183,24 @@ MALFORMED_CASES: dict[str, tuple[list[bytes], int, bytes | None]] = {
                            400, b"rid-d"),
     "deeply nested args": (call_frames(b"rid-d2", args=b"\x91" * 5000 + b"\xc0"), 400, b"rid-d2"),
     "ADMIN unknown op": ([HEADER + bytes((protocol.constants.ADMIN,)), b"rid-o", EMPTY, body(op="rm_rf", args={})],
-                         None, b"rid-o"),
+                         404, b"rid-o"),
     "ADMIN args not a map": ([HEADER + bytes((protocol.constants.ADMIN,)), b"rid-o2", EMPTY,
                               body(op="status", args=[1])], 400, b"rid-o2"),
     "ADMIN bad arg types": ([HEADER + bytes((protocol.constants.ADMIN,)), b"rid-o3", EMPTY,
-                             body(op="ls_calls", args={"limit": "many"})], None, b"rid-o3"),
+                             body(op="ls_calls", args={"limit": "many"})], 422, b"rid-o3"),
 }
 
 
-@pytest.mark.parametrize("case", list(MALFORMED_CASES), ids=list(MALFORMED_CASES))
+KNOWN_BUGS = {
+    "ADMIN unknown op": "ecd bug: SPEC (ADMIN) says ERROR 404 for an unknown op; ecd/admin.py "
+                        "AdminHandler.handle raises InvalidName (422)",
+}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(name, id=name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name])] if name in KNOWN_BUGS else [])
+    for name in MALFORMED_CASES
+])
 def test_malformed_message_gets_error_reply(gnode: EcdProcess, peer: RawPeer, case: str) -> None:
     frames, code, rid = MALFORMED_CASES[case]
     reply = single_error(peer.exchange(frames), code, rid)
@@ -231,25 +240,56 @@ def test_far_oversize_message_dropped_node_survives(gnode: EcdProcess, peer: Raw
     assert_node_healthy(gnode)
 
 
-def test_deep_but_legal_nesting_round_trips(gnode: EcdProcess) -> None:
-    """Nesting the codec accepts reaches the worker and back; too deep a result is a clean
-    failure of that call, not a crash."""
-    def nest(depth: int) -> Any:
-        value: Any = None
-        for _ in range(depth):
-            value = [value]
-        return value
+def nest(depth: int) -> Any:
+    value: Any = None
+    for _ in range(depth):
+        value = [value]
+    return value
 
+
+def depth_of(value: Any) -> int:
+    """Nesting depth of lists/dicts, without recursion (Python's == recurses and overflows)."""
+    depth, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+            depth = max(depth, level + 1)
+        elif isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+            depth = max(depth, level + 1)
+    return depth
+
+
+def test_deep_but_legal_nesting_round_trips(gnode: EcdProcess) -> None:
+    """Nesting the codec accepts reaches the worker and back; a result nested too deep to pack
+    is a clean failure of that one call."""
     with Client(gnode.endpoint) as client:
         echo = Function("sample.tasks.echo", client=client)
-        assert echo(nest(200)).get(timeout=30) == {"args": [nest(200)], "kwargs": {}}
-        # accepted by the codec (1024 levels), but the echoed result nests 2 levels deeper
+        # msgpack's limit is 1024 levels; echo wraps its args 2 levels deeper
+        value = echo(nest(1022)).get(timeout=30)
+        assert set(value) == {"args", "kwargs"} and depth_of(value) == 1024
+        with pytest.raises(RemoteError) as info:
+            echo(nest(1023)).get(timeout=30)
+        assert info.value.type == "TypeError" and "not serialisable" in info.value.message
+    assert_node_healthy(gnode)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ecd bug: ls_call with result=True nests the decoded result 2 levels deeper inside the "
+    "REPLY body; a legal 1024-deep result cannot be encoded, protocol.encode raises in "
+    "Frontend.send and the generic handler answers 500 'internal error'"))
+def test_ls_call_result_of_deeply_nested_value(gnode: EcdProcess) -> None:
+    with Client(gnode.endpoint) as client:
+        r = client.call("sample.tasks.echo", nest(1022))
+        assert depth_of(r.get(timeout=30)) == 1024
         try:
-            value = echo(nest(1023)).get(timeout=30)
-        except Exception as exc:     # a clean error for this call is fine
-            assert isinstance(exc, (protocol.ProtocolError, Exception)) and str(exc)
+            record = client.ls_call(r.id, result=True)
+        except ServerError as exc:
+            # a clear refusal is acceptable; an internal error is not
+            assert exc.code != protocol.E_INTERNAL, exc
         else:
-            assert value == {"args": [nest(1023)], "kwargs": {}}
+            assert record["state"] == "done"
     assert_node_healthy(gnode)
 
 
@@ -261,10 +301,17 @@ def test_interleaved_garbage_and_valid_calls(gnode: EcdProcess, peer: RawPeer) -
     peer.send(good)
     peer.send(call_frames(b"bad", args=b"\x92"))
     replies = peer.probe()
+    # ACCEPTED waits for the log's fsync, so it may come after the PONG
+    deadline = time.monotonic() + 20
+    while not any(isinstance(r, protocol.Accepted) for r in replies):
+        assert time.monotonic() < deadline, replies
+        if peer.sock.poll(100):
+            replies.append(protocol.decode(peer.sock.recv_multipart()))
     accepted = [r for r in replies if isinstance(r, protocol.Accepted)]
     errors = [r for r in replies if isinstance(r, protocol.Error)]
     assert len(accepted) == 1 and accepted[0].call_id == "garbage-neighbour-1", replies
-    assert len(errors) == 2, replies
+    assert accepted[0].request_id == b"good"
+    assert sorted(e.request_id for e in errors) == [b"", b"bad"], replies
     with Client(gnode.endpoint) as client:
         assert client.result("garbage-neighbour-1", timeout=30) == 3
 
@@ -275,7 +322,7 @@ COMMANDS = [protocol.constants.PING, protocol.constants.CALL, protocol.constants
             protocol.constants.PONG, protocol.constants.RESULT, protocol.constants.ERROR, 0x00, 0x40, 0xFF]
 
 payload_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=20)
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
     | st.binary(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
@@ -300,9 +347,40 @@ def plausible_body(draw: st.DrawFn) -> bytes:
         return b"\x80"
 
 
+TEMPLATES = [
+    protocol.encode(protocol.Ping(request_id=b"t-ping")),
+    protocol.encode(protocol.Get(call_id="no-such-call", wait_ms=0, request_id=b"t-get")),
+    protocol.encode(protocol.Call(socket="sample.tasks.noop", args=protocol.pack([1, "x", {"k": b"v"}]),
+                                  kwargs=protocol.pack({"a": [None, 1.5]}), call_id="", request_id=b"t-call")),
+    protocol.encode(protocol.Admin(op="status", args={}, request_id=b"t-admin")),
+    protocol.encode(protocol.Admin(op="ls_calls", args={"limit": 5}, request_id=b"t-ls")),
+]
+
+
+@st.composite
+def mutated_valid(draw: st.DrawFn) -> list[bytes]:
+    """A valid request with a few bytes flipped, inserted or cut."""
+    frames = [bytearray(f) for f in draw(st.sampled_from(TEMPLATES))]
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(frames) - 1))
+        frame = frames[i]
+        op = draw(st.sampled_from(["flip", "insert", "cut"]))
+        pos = draw(st.integers(0, len(frame)))
+        if op == "flip" and frame:
+            pos = min(pos, len(frame) - 1)
+            frame[pos] = draw(st.integers(0, 255))
+        elif op == "insert":
+            frame[pos:pos] = draw(st.binary(min_size=1, max_size=4))
+        else:
+            del frame[pos:pos + draw(st.integers(1, 8))]
+    return [bytes(f) for f in frames]
+
+
 @st.composite
 def frame_lists(draw: st.DrawFn) -> list[bytes]:
-    kind = draw(st.sampled_from(["random", "header", "structured"]))
+    kind = draw(st.sampled_from(["random", "header", "structured", "mutated"]))
+    if kind == "mutated":
+        return draw(mutated_valid())
     if kind == "random":
         return draw(st.lists(st.binary(max_size=64), min_size=1, max_size=6))
     version = draw(st.sampled_from([protocol.VERSION, protocol.VERSION, 0, 2, 255]))
@@ -324,7 +402,7 @@ def test_random_frames_never_break_the_node(gnode: EcdProcess) -> None:
     peer = RawPeer(gnode.endpoint)
     seen: list[Any] = []
 
-    @settings(max_examples=50, deadline=None, derandomize=False, database=None,
+    @settings(max_examples=3000, deadline=None, derandomize=False, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(frames=frame_lists())
     def check(frames: list[bytes]) -> None:
