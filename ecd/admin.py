@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import protocol
 
 from . import calls as C
-from .errors import EcdError, InvalidName, NotFound
+from .errors import EcdError, InvalidName, NotFound, StillReferenced
 
 if TYPE_CHECKING:
     from .node import Node
@@ -82,6 +82,12 @@ class AdminHandler:
     def _mutate(self, peer: "Peer", request_id: bytes, op: str, args: dict[str, Any]) -> None:
         node = self.node
         store = node.store
+        if op == "delete_socket":
+            name = _name(args)
+            unfinished = sum(1 for record in node.active.values() if record.get("socket") == name)
+            if unfinished:
+                raise StillReferenced(
+                    f"socket '{name}' has {unfinished} unfinished call(s); delete it once they are done")
 
         def work() -> tuple[Any, Any]:
             result = _MUTATIONS[op](store, args)

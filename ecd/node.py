@@ -50,6 +50,17 @@ MAX_POLL_MS = 1000
 SWITCH_INTERVAL = 0.0005
 #: Seconds a new worker may take to import its module before it is killed (and respawned).
 WORKER_READY_TIMEOUT = 120.0
+#: Longest a GET is held before PENDING (clients poll again), bounding the timer heap.
+MAX_GET_WAIT = 60.0
+#: Largest result a call may return (it must fit in one RESULT message).
+MAX_RESULT_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024
+#: Prefetch only calls whose arguments are this small (the worker's pipe takes them at once)...
+PREFETCH_MAX_BYTES = 64 * 1024
+#: ... and only for processors whose calls take this long on average (seconds), so a long
+#: call never holds short ones behind it.
+PREFETCH_MAX_DURATION = 0.01
+#: Seconds before a final record whose commit failed is written again.
+FINAL_RETRY_DELAY = 1.0
 #: Calls handed to one worker at most (1 running + the rest waiting in its pipe) under backlog.
 PREFETCH = 4
 #: Seconds a worker gets to exit after "stop" before it is killed.
@@ -90,6 +101,10 @@ class Node:
         self.topology: Any = None
         self._timer_seq = 0
         self._next_topology_check = 0.0
+        self._topology_check_running = False
+        self.unstored: set[str] = set()  # calls whose accept commit failed (ERROR 507 was sent)
+        self.finalizing: dict[str, dict[str, Any]] = {}  # terminal records not yet durable
+        self.final_retries: list[tuple[float, str]] = []  # finals to write again after a failed commit
         self._next_watchdog = 0.0
         self._grace_deadline = 0.0
 
@@ -219,8 +234,8 @@ class Node:
                 pass
         elif fd in self.fd_owner:
             kind, runtime, slot = self.fd_owner[fd]
-            if kind == "channel":
-                for event in slot.process.read_events():
+            if kind in ("channel", "exit"):
+                for event in slot.process.read_events(exited=kind == "exit"):
                     self._handle_worker_event(runtime, slot, event)
             else:
                 slot.process.read_output(fd)
@@ -246,6 +261,13 @@ class Node:
                 self.frontend.send(peer, protocol.Pending(call_id=call_id, state=state, request_id=request_id))
         if self.get_timers:
             next_at = min(next_at, self.get_timers[0][0])
+        # final records whose commit failed
+        while self.final_retries and self.final_retries[0][0] <= mono:
+            _, call_id = self.final_retries.pop(0)
+            if call_id in self.finalizing:
+                self.wal.submit(("final", [call_id]), [self.finalizing[call_id]])
+        if self.final_retries:
+            next_at = min(next_at, self.final_retries[0][0])
         # delayed retries
         due = self.scheduler.promote_due(now)
         if due is not None:
@@ -274,8 +296,9 @@ class Node:
                     next_at = min(next_at, runtime.respawn_at)
             if runtime.status == FAILED and runtime.prepare_at is not None and runtime.prepare_at <= mono:
                 self._prepare(runtime)
-        if mono >= self._next_topology_check and not self.stopping:
+        if mono >= self._next_topology_check and not self.stopping and not self._topology_check_running:
             self._next_topology_check = mono + self.config.topology_poll
+            self._topology_check_running = True
             self.bg_db.submit(self.store.version, self._on_topology_version)
         if self.notifier.enabled:
             interval = self.notifier.watchdog_interval()
@@ -333,6 +356,9 @@ class Node:
         """
         record = self.active.get(call_id)
         if record is not None:
+            if call_id in self.unstored:  # its accept failed to commit: store it now
+                self.unstored.discard(call_id)
+                return "restore", self.finalizing.get(call_id, record)
             return "known", record
         if self.stopping:
             return "refused", (protocol.E_UNAVAILABLE, "node is shutting down; call not accepted")
@@ -358,15 +384,20 @@ class Node:
         kind, value = self._admit(msg.socket, msg.args, msg.kwargs, call_id)
         if kind == "refused":
             self._error(peer, msg.request_id, *value)
-        elif kind == "new":
+        elif kind in ("new", "restore"):
             self.ack_waiters[call_id] = [(peer, msg.request_id)]
-            self.wal.submit(("accept", [call_id]), [value])
+            self.wal.submit(("accept", [call_id]), [value], linger=kind == "new" and self._starts_now(msg.socket))
         elif call_id in self.ack_waiters:
             self.ack_waiters[call_id].append((peer, msg.request_id))
         else:
             self.frontend.send(peer, protocol.Accepted(
                 call_id=call_id, seq=value["seq"], node=self.config.name, duplicate=True,
                 request_id=msg.request_id))
+
+    def _starts_now(self, socket_name: str) -> bool:
+        """Will a call on this socket start on a worker right away? Then its result is likely
+        to follow its accept within microseconds, and one commit can carry both."""
+        return self.scheduler.busy < self.scheduler.cpus and self._can_run(socket_name)
 
     def _handle_calls(self, peer: Peer, msg: protocol.Calls) -> None:
         """CALLS: admit every entry, answer ACCEPTED_MANY once all new ones are durable, and with
@@ -376,12 +407,16 @@ class Node:
         ready: list[dict[str, Any]] = []
         for entry in msg.calls:
             call_id = entry["call_id"] or str(uuid.uuid4())
-            kind, value = self._admit(entry["socket"], entry["args"], entry["kwargs"], call_id)
+            try:
+                kind, value = self._admit(entry["socket"], entry["args"], entry["kwargs"], call_id)
+            except Exception as exc:  # e.g. a corrupt log record: refuse this entry, keep the rest
+                logger.exception("cannot admit call %s", call_id)
+                kind, value = "refused", (getattr(exc, "code", protocol.E_INTERNAL), f"call not accepted: {exc}")
             if kind == "refused":
                 code, reason = value
                 batch.refused.append({"call_id": call_id, "code": code, "reason": reason})
                 continue
-            if kind == "new":
+            if kind in ("new", "restore"):
                 records.append(value)
                 batch.waiting.add(call_id)
                 self.ack_waiters[call_id] = [batch]
@@ -397,7 +432,8 @@ class Node:
                 else:
                     self.push_waiters.setdefault(call_id, []).append((peer, msg.request_id))
         if records:
-            self.wal.submit(("accept", [r["id"] for r in records]), records)
+            self.wal.submit(("accept", [r["id"] for r in records]), records,
+                            linger=self.scheduler.busy < self.scheduler.cpus)
         if not batch.waiting:
             self._send_batch_accept(batch)
         if ready:
@@ -426,7 +462,8 @@ class Node:
             return
         self.result_waiters.setdefault(msg.call_id, []).append((peer, msg.request_id))
         self._timer_seq += 1
-        heapq.heappush(self.get_timers, (time.monotonic() + msg.wait_ms / 1000, self._timer_seq, msg.call_id, peer, msg.request_id))
+        wait = min(msg.wait_ms / 1000, MAX_GET_WAIT)  # a node MAY answer PENDING early (SPEC)
+        heapq.heappush(self.get_timers, (time.monotonic() + wait, self._timer_seq, msg.call_id, peer, msg.request_id))
 
     @staticmethod
     def _result_entry(record: dict[str, Any]) -> dict[str, Any]:
@@ -455,20 +492,32 @@ class Node:
                     self._accepted(call_id, error)
             elif kind == "final":
                 for call_id in ids:
-                    if error is not None:
-                        logger.error("result of call %s not stored: %s", call_id, error)
-                        continue
-                    record = self.active.pop(call_id, None)
+                    record = self.finalizing.get(call_id)
                     if record is None:
                         continue
+                    if error is not None:
+                        logger.error("result of call %s not stored (retrying): %s", call_id, error)
+                        self.final_retries.append((time.monotonic() + FINAL_RETRY_DELAY, call_id))
+                        continue
+                    del self.finalizing[call_id]
+                    self.active.pop(call_id, None)
+                    self.unstored.discard(call_id)
                     for peer, request_id in self.result_waiters.pop(call_id, []):
                         self.frontend.send(peer, self._result_message(record, request_id))
                     for key in self.push_waiters.pop(call_id, []):
                         pushes.setdefault(key, []).append(self._result_entry(record))
         for (peer, request_id), entries in pushes.items():
-            for start in range(0, len(entries), protocol.MAX_BATCH):
-                self.frontend.send(peer, protocol.Results(
-                    results=entries[start:start + protocol.MAX_BATCH], request_id=request_id))
+            chunk: list[dict[str, Any]] = []
+            size = 0
+            for entry in entries:  # split by count and by bytes: one message must stay < 64 MiB
+                entry_size = len(entry["value"]) + 512
+                if chunk and (len(chunk) >= protocol.MAX_BATCH or size + entry_size > MAX_RESULT_BYTES):
+                    self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
+                    chunk, size = [], 0
+                chunk.append(entry)
+                size += entry_size
+            if chunk:
+                self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
 
     def _accepted(self, call_id: str, error: Exception | None) -> None:
         """The accept of ``call_id`` committed (or failed): answer everyone waiting on it."""
@@ -476,6 +525,8 @@ class Node:
         record = self.active.get(call_id)
         if error is not None:
             logger.error("call %s not accepted: %s", call_id, error)
+            if call_id in self.active:
+                self.unstored.add(call_id)  # a repeated CALL stores it again (never "duplicate")
         for waiter in waiters:
             if isinstance(waiter, _Batch):
                 waiter.waiting.discard(call_id)
@@ -530,10 +581,20 @@ class Node:
             names = sockets_of.get(runtime.name)
             if not names or runtime.status != RUNNING:
                 continue
+            if runtime.avg_duration > PREFETCH_MAX_DURATION or len(runtime.slots) > runtime.definition.concurrency:
+                continue  # long calls would hold short ones back; surplus workers must drain
+            now = time.time()
             for slot in runtime.slots.values():
-                while slot.calls and len(slot.calls) < PREFETCH:
+                head = self.active.get(slot.call_id) if slot.calls else None
+                if head is None or now - (head.get("started") or now) > PREFETCH_MAX_DURATION * 10:
+                    continue
+                while len(slot.calls) < PREFETCH:
                     taken = self.scheduler.take(names)
                     if taken is None:
+                        break
+                    record = self.active.get(taken[1])
+                    if record is None or len(record["args"]) + len(record["kwargs"]) > PREFETCH_MAX_BYTES:
+                        self.scheduler.push_front(*taken)  # big: it waits for a free worker
                         break
                     self._hand_over(runtime, slot, *taken)
 
@@ -562,7 +623,11 @@ class Node:
     def _finish_head(self, runtime: ProcessorRuntime, slot: WorkerSlot, value: bytes | None,
                      error: dict[str, str] | None) -> None:
         """The worker answered for its running call; the next queued one (if any) starts."""
-        self._end_attempt(slot.calls.popleft(), value, error)
+        call_id = slot.calls.popleft()
+        record = self.active.get(call_id)
+        if record is not None and record.get("started"):
+            runtime.observe(time.time() - record["started"])
+        self._end_attempt(call_id, value, error)
         if slot.calls:
             self._start_head(runtime, slot)
         else:
@@ -598,21 +663,29 @@ class Node:
             self._requeue_running(head, note)
 
     def _end_attempt(self, call_id: str, value: bytes | None, error: dict[str, str] | None) -> None:
-        """A running call's attempt is over (result, exception, worker death or time limit)."""
+        """A running call's attempt is over (result, exception, worker death or time limit).
+
+        A retry is visible at once; a final outcome (done, or failed after the last retry) is
+        built on a copy and shown only once its commit is durable, so nobody can see a result
+        that a crash could still change."""
         entry = self.running.pop(call_id, None)
         record = self.active.get(call_id)
         if entry is None or record is None:
             return
+        if error is None and value is not None and len(value) > MAX_RESULT_BYTES:
+            error = C.error_dict("ResultTooLarge", f"the result is {len(value)} bytes; at most {MAX_RESULT_BYTES} fit in a reply")
+        outcome = {**record, "events": list(record["events"])}
         if error is None:
-            C.mark_done(record, value if value is not None else b"\xc0")
-            self.wal.submit(("final", [call_id]), [record])
+            C.mark_done(outcome, value if value is not None else b"\xc0")
+        elif C.mark_error(outcome, error):
+            self.active[call_id] = outcome
+            self.scheduler.push(outcome["socket"], call_id, due=outcome["not_before"], now=time.time())
+            self.wal.submit(None, [outcome])
             return
-        if C.mark_error(record, error):
-            self.scheduler.push(record["socket"], call_id, due=record["not_before"], now=time.time())
-            self.wal.submit(None, [record])
         else:
-            logger.info("call %s failed after %d attempt(s): %s", call_id, record["attempts"], error.get("type"))
-            self.wal.submit(("final", [call_id]), [record])
+            logger.info("call %s failed after %d attempt(s): %s", call_id, outcome["attempts"], error.get("type"))
+        self.finalizing[call_id] = outcome
+        self.wal.submit(("final", [call_id]), [outcome])
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -674,15 +747,22 @@ class Node:
         if self.stopping or runtime.code is None or runtime.status in (FAILED, STOPPED):
             return
         try:
-            started = runtime.spawn_missing(self.support_dir, self.registry)
+            runtime.spawn_missing(self.support_dir, self.registry)
         except (OSError, EcdError) as exc:
             runtime.fail(f"cannot start workers: {exc}", self.config.prepare_retry)
-            return
-        for slot in started:
-            self.fd_owner[slot.process.channel_fd] = ("channel", runtime, slot)
-            self.poller.register(slot.process.channel_fd, zmq.POLLIN)
-            for fd in slot.process.output_fds:
-                self.fd_owner[fd] = ("output", runtime, slot)
+            self._stop_workers(runtime, "Requeued: processor failed")
+        finally:
+            for slot in runtime.slots.values():  # the ones started before a failure too
+                if slot.process.channel_fd >= 0 and slot.process.channel_fd not in self.fd_owner:
+                    self._watch(runtime, slot)
+
+    def _watch(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
+        """Poll a new worker's channel, exit pidfd and output pipes."""
+        fds = [("channel", slot.process.channel_fd), ("exit", slot.process.exit_fd)]
+        fds += [("output", fd) for fd in slot.process.output_fds]
+        for kind, fd in fds:
+            if fd >= 0:
+                self.fd_owner[fd] = (kind, runtime, slot)
                 self.poller.register(fd, zmq.POLLIN)
 
     def _stop_workers(self, runtime: ProcessorRuntime, requeue_note: str, graceful: bool = False) -> None:
@@ -710,6 +790,7 @@ class Node:
     # -- topology and code ----------------------------------------------------------------------
 
     def _on_topology_version(self, version: Any, error: BaseException | None) -> None:
+        self._topology_check_running = False
         if error is not None:
             logger.warning("topology store unavailable: %s", error)
             return
@@ -740,6 +821,18 @@ class Node:
                 logger.info("processor %s removed", name)
         for name, definition in wanted.items():
             runtime = self.runtimes.get(name)
+            if not getattr(definition, "enabled", True):
+                if runtime is not None and runtime.status != STOPPED:
+                    runtime.status, runtime.reason = STOPPED, "disabled"
+                    runtime.definition = definition
+                    self._stop_workers(runtime, "Requeued: processor disabled")
+                elif runtime is None:
+                    runtime = self.runtimes[name] = ProcessorRuntime(definition, status=STOPPED, reason="disabled")
+                continue
+            if runtime is not None and runtime.status == STOPPED:
+                runtime.definition = definition
+                self._prepare(runtime)
+                continue
             if runtime is None:
                 runtime = self.runtimes[name] = ProcessorRuntime(definition)
                 self._prepare(runtime)

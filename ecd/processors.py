@@ -61,6 +61,7 @@ class ProcessorRuntime:
     backoff: float = RESPAWN_BACKOFF
     prepare_at: float | None = None  # when to try preparing the code again after a failure
     generation: int = 0  # bumps on every (re)prepare so stale results are ignored
+    avg_duration: float = 0.0  # moving average of call run times (seconds)
 
     @property
     def name(self) -> str:
@@ -114,6 +115,10 @@ class ProcessorRuntime:
         if pid in self.idle:
             self.idle.remove(pid)
         return slot
+
+    def observe(self, duration: float) -> None:
+        """Fold one call's run time into the moving average."""
+        self.avg_duration += 0.2 * (duration - self.avg_duration)
 
     def schedule_respawn(self, now: float) -> None:
         self.respawn_at = now + self.backoff

@@ -93,7 +93,13 @@ class Frontend:
     def send(self, peer: Peer, message: protocol.Message) -> bool:
         """Send a reply; False (logged) when the client cannot be reached right now."""
         try:
-            peer.socket.send_multipart([peer.identity, *protocol.encode(message)], zmq.NOBLOCK)
+            frames = protocol.encode(message)
+        except protocol.ProtocolError as exc:  # e.g. a reply over the size limit
+            logger.error("cannot encode %s for %s: %s", type(message).__name__, peer.identity.hex(), exc.reason)
+            frames = protocol.encode(protocol.Error(code=exc.code, reason=f"reply not sent: {exc.reason}"[:1000],
+                                                    request_id=message.request_id))
+        try:
+            peer.socket.send_multipart([peer.identity, *frames], zmq.NOBLOCK)
             return True
         except zmq.Again:
             logger.warning("client %s is not reading (high-water mark): reply dropped", peer.identity.hex())

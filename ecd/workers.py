@@ -167,6 +167,7 @@ class WorkerProcess:
         self.pid: int = 0
         self.channel_fd: int = -1
         self.output_fds: list[int] = []
+        self.exit_fd: int = -1  # a pidfd: readable once the process has exited
         self.returncode: int | None = None
         self.log = logging.getLogger(f"ecd.worker.{processor}")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -223,6 +224,10 @@ class WorkerProcess:
         self._streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
         for fd in self.output_fds:
             os.set_blocking(fd, False)
+        # The channel's EOF is not enough to notice an exit: a child forked by user code keeps
+        # the channel open. A pidfd becomes readable when this very process exits.
+        with contextlib.suppress(OSError, AttributeError):
+            self.exit_fd = os.pidfd_open(self.pid)
         try:
             self.registry.add(self.pid)
         except OSError as e:
@@ -253,11 +258,13 @@ class WorkerProcess:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read_events(self) -> list[WorkerEvent]:
-        """Read what the channel has; return the complete events (Exited last, once)."""
+    def read_events(self, exited: bool = False) -> list[WorkerEvent]:
+        """Read what the channel has; return the complete events (Exited last, once). With
+        ``exited`` (its exit_fd became readable) the process is known gone: what it wrote is
+        read, then it is reaped and Exited is returned even if the channel is still open."""
         if self._sock is None:
             return []
-        eof = False
+        eof = exited
         while True:
             try:
                 chunk = self._sock.recv(1 << 20)
@@ -413,6 +420,10 @@ class WorkerProcess:
             self._sock.close()
             self._sock = None
         self.channel_fd = -1
+        if self.exit_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.exit_fd)
+            self.exit_fd = -1
         try:
             self.registry.remove(self.pid)
         except OSError as e:

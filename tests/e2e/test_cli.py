@@ -36,8 +36,9 @@ def register_sample(client: Client, repo: str, *, queue: str = "q1", processor: 
                          retry_delay=0.1, **options)
     for fn in SAMPLE_FUNCTIONS:
         client.add_socket(f"sample.tasks.{fn}", processor=processor, function=fn, queue=queue)
-    wait_for(lambda: processor_view(client, processor)["status"] == "running", 180,
-             what=f"{processor} running")
+    # every worker up and idle: calls submitted next spread over all of them
+    wait_for(lambda: (v := processor_view(client, processor))["status"] == "running"
+             and v["idle"] == concurrency, 180, what=f"{processor} running")
 
 
 def processor_view(client: Client, name: str) -> dict[str, Any]:

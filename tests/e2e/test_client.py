@@ -30,7 +30,8 @@ def register_sample(client: Client, repo: str) -> None:
         proc = next((p for p in client.status()["processors"] if p["name"] == "proc1"), None)
         if proc and proc["status"] == "failed":
             raise AssertionError(f"proc1 failed: {proc['reason']}")
-        return bool(proc and proc["status"] == "running")
+        # every worker up and idle: calls submitted next spread over all of them
+        return bool(proc and proc["status"] == "running" and proc["idle"] == 2)
 
     wait_for(running, 180, what="proc1 running")
 
@@ -184,6 +185,18 @@ def test_resubmit_same_call_id_is_duplicate(env_endpoint: str) -> None:
         assert again.duplicate and not first.duplicate
         assert again.get(timeout=30) == 5
         assert c.ls_call("fixed-id-e2e-1")["attempts"] == 1
+
+
+def test_map_many_calls_in_order(env_endpoint: str) -> None:
+    with Client() as c:
+        assert c.map("sample.tasks.add_two", [(i, i) for i in range(300)], timeout=60) == [2 * i for i in range(300)]
+        assert c.map("sample.tasks.do_this", ["a", "b"], timeout=60) == ["Do this: a", "Do this: b"]
+        with pytest.raises(RemoteError) as info:
+            c.map("sample.tasks.fail", ["first", "second"], timeout=60)
+        assert info.value.message == "first"
+        with pytest.raises(ServerError) as refused:
+            c.map("no.such.socket", [1], timeout=60)
+        assert refused.value.code == 404
 
 
 # ------------------------------------------------------------------------- result by id

