@@ -92,7 +92,9 @@ class Client:
         if self._pid != os.getpid():     # forked: never touch the parent's sockets
             self._ctx, self._sock, self._pid = None, None, os.getpid()
         if self._ctx is None:
-            self._ctx = zmq.Context()
+            # The process-wide context: a Client collected without close() (e.g. inside a
+            # reference cycle) must never block in Context.term() on its own open socket.
+            self._ctx = zmq.Context.instance()
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -114,18 +116,24 @@ class Client:
         self._sock = None
 
     def close(self) -> None:
-        """Close the socket and the context."""
+        """Close this client's socket (the process-wide ZeroMQ context stays)."""
         with self._lock:
             self._reset()
-            if self._ctx is not None and self._pid == os.getpid():
-                self._ctx.term()
-            self._ctx = None
+            self._ctx = None  # shared: closing the socket is all this client owns
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None and getattr(self, "_pid", None) == os.getpid():
+            try:
+                sock.close(linger=0)
+            except Exception:  # interpreter shutdown: nothing left to do
+                pass
 
     # -- requests ------------------------------------------------------------------------
 

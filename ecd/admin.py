@@ -62,7 +62,7 @@ class AdminHandler:
         elif op == "ls_call":
             self._reply(peer, msg.request_id, self.ls_call(args))
         else:
-            raise InvalidName(f"unknown admin op '{op}'")
+            raise NotFound(f"unknown admin op '{op}'")
 
     def _reply(self, peer: "Peer", request_id: bytes, data: Any) -> None:
         self.node.frontend.send(peer, protocol.Reply(data=data, request_id=request_id))

@@ -50,6 +50,8 @@ MAX_POLL_MS = 1000
 SWITCH_INTERVAL = 0.0005
 #: Seconds a new worker may take to import its module before it is killed (and respawned).
 WORKER_READY_TIMEOUT = 120.0
+#: Workers in a row dying before their module imported that mark the processor failed.
+EARLY_EXIT_LIMIT = 3
 #: Longest a GET is held before PENDING (clients poll again), bounding the timer heap.
 MAX_GET_WAIT = 60.0
 #: Largest result a call may return (it must fit in one RESULT message).
@@ -583,20 +585,28 @@ class Node:
                 continue
             if runtime.avg_duration > PREFETCH_MAX_DURATION or len(runtime.slots) > runtime.definition.concurrency:
                 continue  # long calls would hold short ones back; surplus workers must drain
-            now = time.time()
-            for slot in runtime.slots.values():
-                head = self.active.get(slot.call_id) if slot.calls else None
-                if head is None or now - (head.get("started") or now) > PREFETCH_MAX_DURATION * 10:
+            self._prefetch_into(runtime, names)
+
+    def _prefetch_into(self, runtime: ProcessorRuntime, names: list[str]) -> None:
+        now = time.time()
+        slots = [slot for slot in runtime.slots.values() if slot.calls and
+                 now - (self.active.get(slot.calls[0], {}).get("started") or now) <= PREFETCH_MAX_DURATION * 10]
+        # one call per worker per round, and only while the backlog is deeper than the workers
+        # that could take it: a worker that frees up still finds calls waiting
+        for depth in range(2, PREFETCH + 1):
+            for slot in slots:
+                if len(slot.calls) >= depth:
                     continue
-                while len(slot.calls) < PREFETCH:
-                    taken = self.scheduler.take(names)
-                    if taken is None:
-                        break
-                    record = self.active.get(taken[1])
-                    if record is None or len(record["args"]) + len(record["kwargs"]) > PREFETCH_MAX_BYTES:
-                        self.scheduler.push_front(*taken)  # big: it waits for a free worker
-                        break
-                    self._hand_over(runtime, slot, *taken)
+                if sum(self.scheduler.depth(name) for name in names) <= len(runtime.slots):
+                    return
+                taken = self.scheduler.take(names)
+                if taken is None:
+                    return
+                record = self.active.get(taken[1])
+                if record is None or len(record["args"]) + len(record["kwargs"]) > PREFETCH_MAX_BYTES:
+                    self.scheduler.push_front(*taken)  # big: it waits for a free worker
+                    return
+                self._hand_over(runtime, slot, *taken)
 
     def _hand_over(self, runtime: ProcessorRuntime, slot: WorkerSlot, socket_name: str, call_id: str) -> None:
         """Send a call to a worker; it runs now if the worker is free, else after its queue."""
@@ -718,6 +728,16 @@ class Node:
         slot.process.kill()
         self._abandon(slot, C.error_dict(
             "WorkerLost", f"worker {slot.process.pid} exited with code {returncode} during the call"), "")
+        if not slot.ready and runtime.status in (RUNNING, PENDING):
+            runtime.early_exits += 1
+            if runtime.early_exits >= EARLY_EXIT_LIMIT:
+                # the module kills the interpreter while importing (os._exit, a crashing C
+                # extension, a killed import): it will not get better by respawning
+                runtime.fail(f"workers exit while importing {runtime.definition.module} "
+                             f"(exit code {returncode}, {runtime.early_exits} times in a row; see the ecd log)",
+                             self.config.prepare_retry)
+                self._stop_workers(runtime, "Requeued: processor failed")
+                return
         if runtime.status in (RUNNING, PENDING) and runtime.respawn_at is None:
             logger.warning("worker %d of %s exited (code %s); respawning", slot.process.pid, runtime.name, returncode)
             runtime.schedule_respawn(time.monotonic())

@@ -62,6 +62,7 @@ class ProcessorRuntime:
     prepare_at: float | None = None  # when to try preparing the code again after a failure
     generation: int = 0  # bumps on every (re)prepare so stale results are ignored
     avg_duration: float = 0.0  # moving average of call run times (seconds)
+    early_exits: int = 0  # workers in a row that died before their module was imported
 
     @property
     def name(self) -> str:
@@ -127,6 +128,7 @@ class ProcessorRuntime:
     def healthy(self) -> None:
         """A worker came up: reset the crash-loop backoff."""
         self.backoff = RESPAWN_BACKOFF
+        self.early_exits = 0
 
     def fail(self, reason: str, retry_after: float | None) -> None:
         self.status = FAILED
@@ -143,6 +145,7 @@ class ProcessorRuntime:
             "resolved_commit": self.code.commit if self.code else None,
             "workers": len(self.slots),
             "busy": busy,
-            "idle": len(self.slots) - busy,
+            "idle": sum(1 for slot in self.slots.values() if slot.ready and not slot.calls),
+            "starting": sum(1 for slot in self.slots.values() if not slot.ready),
             "pids": sorted(self.slots),
         }

@@ -331,5 +331,9 @@ def test_status_json_workers_and_depths(cli_node: EcdProcess) -> None:
         human = ecctl(cli_node, "status")
         assert human.returncode == 0 and "proc1" in human.stdout.decode()
         assert sleeper.get(timeout=30) == 2
-        client.delete("socket", socket)
-        client.delete("processor", processor)
+    # its socket still has unfinished calls: deleting it is refused with a clear error
+    proc = ecctl(cli_node, "delete", "socket", "-n", socket)
+    assert proc.returncode == 1
+    lines = stderr_lines(proc)
+    assert len(lines) == 1 and socket in lines[0] and "unfinished" in lines[0], lines
+    assert socket in [s["name"] for s in ok_json(cli_node, "ls", "sockets", "--json")]

@@ -210,10 +210,7 @@ MALFORMED_CASES: dict[str, tuple[list[bytes], int, bytes | None]] = {
 }
 
 
-KNOWN_BUGS = {
-    "ADMIN unknown op": "ecd bug: SPEC (ADMIN) says ERROR 404 for an unknown op; ecd/admin.py "
-                        "AdminHandler.handle raises InvalidName (422)",
-}
+KNOWN_BUGS: dict[str, str] = {}  # case name -> reason, for cases xfailed on a known product bug
 
 
 @pytest.mark.parametrize("case", [
@@ -313,10 +310,6 @@ def test_deep_but_legal_nesting_round_trips(gnode: EcdProcess) -> None:
     assert_node_healthy(gnode)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ecd bug: ls_call with result=True nests the decoded result 2 levels deeper inside the "
-    "REPLY body; a legal 1024-deep result cannot be encoded, protocol.encode raises in "
-    "Frontend.send and the generic handler answers 500 'internal error'"))
 def test_ls_call_result_of_deeply_nested_value(gnode: EcdProcess) -> None:
     with Client(gnode.endpoint) as client:
         r = client.call("sample.tasks.echo", nest(1022))
