@@ -60,8 +60,8 @@ def env_endpoint(client_node: EcdProcess, monkeypatch: pytest.MonkeyPatch) -> st
 
 @pytest.fixture
 def fn(env_endpoint: str) -> Iterator[Callable[..., Function]]:
-    """``fn(name)`` is ``Function(name)``; the client each one made is closed after the test
-    (see test_implicit_client_in_reference_cycle_does_not_hang for why that matters)."""
+    """``fn(name)`` is ``Function(name)`` (endpoint from EC_ENDPOINT); the client each one made is
+    closed after the test, so no socket outlives it."""
     made: list[Function] = []
 
     def make(name: str, **kwargs: Any) -> Function:
@@ -270,10 +270,6 @@ print("collected")
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ecctl bug: a Client that is garbage-collected inside a reference cycle without close() "
-    "hangs in zmq.Context.__del__ -> destroy() -> term(): the context's weak set of sockets is "
-    "already cleared, so the still-open DEALER is not closed and term() blocks forever"))
 def test_implicit_client_in_reference_cycle_does_not_hang(client_node: EcdProcess) -> None:
     """``Function(name)(...)`` makes a Client the user never closes; collecting it must not hang
     the user's program."""
