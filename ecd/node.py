@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -913,6 +912,9 @@ class Node:
         wal = getattr(self, "wal", None)
         if wal is not None:
             wal.close()  # commits everything submitted, including the requeues above
+        loader = getattr(self, "loader", None)
+        if loader is not None:
+            loader.cancel()  # a long pip install must not hold the exit
         for bg in (getattr(self, "bg_db", None), getattr(self, "bg_code", None)):
             if bg is not None:
                 bg.close(wait=False)

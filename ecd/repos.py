@@ -191,11 +191,22 @@ def _pip_reason(output: str) -> str:
 
 
 def _run_bounded(cmd: list[str], *, cwd: Path, env: dict[str, str],
-                 timeout: float) -> tuple[int | None, str]:
-    """Run ``cmd`` in its own session; on timeout SIGKILL its whole group. (rc or None, output)."""
+                 timeout: float, running: set[int] | None = None) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own session; on timeout SIGKILL its whole group. (rc or None, output).
+    While it runs its pid is in ``running`` (so :meth:`CodeLoader.cancel` can kill it)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    if running is not None:
+        running.add(proc.pid)
+    try:
+        return _wait_bounded(proc, timeout)
+    finally:
+        if running is not None:
+            running.discard(proc.pid)
+
+
+def _wait_bounded(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int | None, str]:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -254,10 +265,19 @@ class CodeLoader:
         self.locks_dir = self.data_dir / "locks"
         self.venv_dir = Path(venv_dir) if venv_dir is not None else self.data_dir / "venvs"
         self.pip_timeout = pip_timeout
+        self._running: set[int] = set()  # pids (and process groups) of installs under way
+        self._cancelled = False
         for d in (self.repos_dir, self.checkouts_dir, self.locks_dir, self.venv_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     # -- public -----------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Kill installs under way and refuse new ones (the node is stopping)."""
+        self._cancelled = True
+        for pid in list(self._running):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
     def prepare(self, spec: CodeSpec) -> PreparedCode:
         """Make ``spec``'s code runnable; blocking. Raises :class:`RepoError` on any failure."""
@@ -446,7 +466,10 @@ class CodeLoader:
         }
         t0 = time.monotonic()
         try:
-            returncode, output = _run_bounded(cmd, cwd=root, env=env, timeout=self.pip_timeout)
+            if self._cancelled:
+                raise RepoError("cancelled: the node is stopping")
+            returncode, output = _run_bounded(cmd, cwd=root, env=env, timeout=self.pip_timeout,
+                                              running=self._running)
         finally:
             shutil.rmtree(build_src, ignore_errors=True)
         if returncode is None:

@@ -7,6 +7,7 @@ behind is killed through the node's own registry, and every temp dir is removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -195,24 +196,54 @@ def run_ecctl(endpoint: str, *args: str, input: bytes | None = None, timeout: fl
                           timeout=timeout, env=full_env, cwd=ROOT)
 
 
+SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
+
+
+def processor_view(client: Any, name: str, allow_failed: bool = False) -> dict[str, Any]:
+    """The processor's entry in ``status`` ({} if absent); fails the test if it failed."""
+    for proc in client.status()["processors"]:
+        if proc["name"] == name:
+            if proc["status"] == "failed" and not allow_failed:
+                raise AssertionError(f"processor {name} failed: {proc['reason']}")
+            return proc
+    return {}
+
+
+def register_sample(client: Any, repo: str, *, queue: str = "q1", processor: str = "proc1",
+                    concurrency: int = 2, retries: int = 1, **options: Any) -> None:
+    """The example processor with sockets sample.tasks.<fn>; returns once every worker is up
+    and idle (calls submitted next spread over all of them)."""
+    client.add_queue(queue, "direct")
+    client.add_processor(processor, repo, "sample.tasks", concurrency=concurrency, retries=retries,
+                         retry_delay=0.1, **options)
+    for fn in SAMPLE_FUNCTIONS:
+        client.add_socket(f"sample.tasks.{fn}", processor=processor, function=fn, queue=queue)
+    wait_for(lambda: (v := processor_view(client, processor)).get("status") == "running"
+             and v["idle"] == concurrency, 180, what=f"{processor} running")
+
+
+@contextlib.contextmanager
+def sample_node_for_module(venv_cache: Path, sample_repo: str, prefix: str, **register: Any) -> Iterator[EcdProcess]:
+    """A node with the example registered, shared by a test module's tests."""
+    from ecctl import Client
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    node = EcdProcess(base / "n1", venv_cache, cpus=2)
+    try:
+        node.start()
+        with Client(node.endpoint) as client:
+            register_sample(client, sample_repo, **register)
+        yield node
+    finally:
+        node.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
 def sample_node(node: EcdProcess, sample_repo: str) -> EcdProcess:
     """A node with the example processor registered: sockets sample.tasks.<fn> on queue q1."""
     from ecctl import Client
 
     with Client(node.endpoint) as client:
-        client.add_queue("q1", "direct")
-        client.add_processor("proc1", sample_repo, "sample.tasks", concurrency=2, retries=1, retry_delay=0.1)
-        for fn in ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid"):
-            client.add_socket(f"sample.tasks.{fn}", processor="proc1", function=fn, queue="q1")
-        wait_for(lambda: _processor_status(client, "proc1") == "running", 180, what="proc1 running")
+        register_sample(client, sample_repo)
     return node
-
-
-def _processor_status(client: Any, name: str) -> str:
-    for proc in client.status()["processors"]:
-        if proc["name"] == name:
-            if proc["status"] == "failed":
-                raise AssertionError(f"processor {name} failed: {proc['reason']}")
-            return proc["status"]
-    return ""

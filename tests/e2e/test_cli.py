@@ -22,46 +22,15 @@ from typing import Any
 import pytest
 
 from ecctl import Client
-from tests.conftest import ROOT, EcdProcess, free_port, run_ecctl, wait_for
+from tests.conftest import ROOT, SAMPLE_FUNCTIONS, EcdProcess, free_port, run_ecctl, sample_node_for_module, wait_for
 
-SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def register_sample(client: Client, repo: str, *, queue: str = "q1", processor: str = "proc1",
-                    concurrency: int = 2, retries: int = 1, **options: Any) -> None:
-    """The example processor with sockets sample.tasks.<fn> (as the conftest's sample_node)."""
-    client.add_queue(queue, "direct")
-    client.add_processor(processor, repo, "sample.tasks", concurrency=concurrency, retries=retries,
-                         retry_delay=0.1, **options)
-    for fn in SAMPLE_FUNCTIONS:
-        client.add_socket(f"sample.tasks.{fn}", processor=processor, function=fn, queue=queue)
-    # every worker up and idle: calls submitted next spread over all of them
-    wait_for(lambda: (v := processor_view(client, processor))["status"] == "running"
-             and v["idle"] == concurrency, 180, what=f"{processor} running")
-
-
-def processor_view(client: Client, name: str) -> dict[str, Any]:
-    for proc in client.status()["processors"]:
-        if proc["name"] == name:
-            if proc["status"] == "failed":
-                raise AssertionError(f"processor {name} failed: {proc['reason']}")
-            return proc
-    return {"status": ""}
 
 
 @pytest.fixture(scope="module")
 def cli_node(venv_cache: Path, sample_repo: str) -> Iterator[EcdProcess]:
-    base = Path(tempfile.mkdtemp(prefix="ec-cli-"))
-    node = EcdProcess(base / "n1", venv_cache, cpus=2)
-    try:
-        node.start()
-        with Client(node.endpoint) as client:
-            register_sample(client, sample_repo)
+    with sample_node_for_module(venv_cache, sample_repo, "ec-cli-") as node:
         yield node
-    finally:
-        node.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

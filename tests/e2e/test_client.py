@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,39 +13,12 @@ from typing import Any
 import pytest
 
 from ecctl import CallTimeout, Client, Function, RemoteError, ServerError, Socket
-from tests.conftest import ROOT, EcdProcess, wait_for
-
-SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
-
-
-def register_sample(client: Client, repo: str) -> None:
-    client.add_queue("q1", "direct")
-    client.add_processor("proc1", repo, "sample.tasks", concurrency=2, retries=1, retry_delay=0.1)
-    for fn in SAMPLE_FUNCTIONS:
-        client.add_socket(f"sample.tasks.{fn}", processor="proc1", function=fn, queue="q1")
-
-    def running() -> bool:
-        proc = next((p for p in client.status()["processors"] if p["name"] == "proc1"), None)
-        if proc and proc["status"] == "failed":
-            raise AssertionError(f"proc1 failed: {proc['reason']}")
-        # every worker up and idle: calls submitted next spread over all of them
-        return bool(proc and proc["status"] == "running" and proc["idle"] == 2)
-
-    wait_for(running, 180, what="proc1 running")
-
+from tests.conftest import ROOT, EcdProcess, sample_node_for_module
 
 @pytest.fixture(scope="module")
 def client_node(venv_cache: Path, sample_repo: str) -> Iterator[EcdProcess]:
-    base = Path(tempfile.mkdtemp(prefix="ec-client-"))
-    node = EcdProcess(base / "n1", venv_cache, cpus=2)
-    try:
-        node.start()
-        with Client(node.endpoint) as client:
-            register_sample(client, sample_repo)
+    with sample_node_for_module(venv_cache, sample_repo, "ec-client-") as node:
         yield node
-    finally:
-        node.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

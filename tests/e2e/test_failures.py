@@ -25,44 +25,10 @@ import zmq
 
 import protocol
 from ecctl import Client, RemoteError, ServerError
-from tests.conftest import EXAMPLE, EcdProcess, make_git_repo, run_ecctl, wait_for
+from tests.conftest import (EXAMPLE, EcdProcess, make_git_repo, processor_view, register_sample,
+                            run_ecctl, sample_node_for_module, wait_for)
 
-SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
-
-
-def register_sample(client: Client, repo: str, *, processor: str = "proc1", concurrency: int = 2,
-                    retries: int = 1, serving: bool = True) -> None:
-    """The example processor with sockets sample.tasks.<fn> on q1 (as the conftest's sample_node);
-    with ``serving``, returns only once every worker has run a call."""
-    client.add_queue("q1", "direct")
-    client.add_processor(processor, repo, "sample.tasks", concurrency=concurrency, retries=retries,
-                         retry_delay=0.1)
-    for fn in SAMPLE_FUNCTIONS:
-        client.add_socket(f"sample.tasks.{fn}", processor=processor, function=fn, queue="q1")
-    wait_for(lambda: proc_view(client, processor).get("status") == "running", 180, what=f"{processor} running")
-    if serving:
-        wait_all_workers_serving(client, concurrency)
-
-
-def wait_all_workers_serving(client: Client, count: int) -> None:
-    """Every worker has imported the module: ``count`` overlapping calls ran on ``count`` workers."""
-    def distinct_workers() -> bool:
-        handles = [client.call("sample.tasks.sleep", 0.1) for _ in range(count)]
-        for h in handles:
-            h.get(timeout=30)
-        return len({client.ls_call(h.id)["worker"] for h in handles}) == count
-
-    wait_for(distinct_workers, 60, interval=0, what=f"{count} workers serving")
-
-
-def proc_view(client: Client, name: str, allow_failed: bool = False) -> dict[str, Any]:
-    """The processor's entry in ``status`` ({} when absent)."""
-    for proc in client.status()["processors"]:
-        if proc["name"] == name:
-            if proc["status"] == "failed" and not allow_failed:
-                raise AssertionError(f"processor {name} failed: {proc['reason']}")
-            return proc
-    return {}
+proc_view = processor_view
 
 
 def event_names(record: dict[str, Any]) -> list[str]:
@@ -98,16 +64,8 @@ def wait_workers_respawned(client: Client, processor: str, gone: list[int], coun
 
 @pytest.fixture(scope="module")
 def fnode(venv_cache: Path, sample_repo: str) -> Iterator[EcdProcess]:
-    base = Path(tempfile.mkdtemp(prefix="ec-fail-"))
-    node = EcdProcess(base / "n1", venv_cache, cpus=2)
-    try:
-        node.start()
-        with Client(node.endpoint) as client:
-            register_sample(client, sample_repo)
+    with sample_node_for_module(venv_cache, sample_repo, "ec-fail-") as node:
         yield node
-    finally:
-        node.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -323,7 +281,7 @@ def test_repo_that_does_not_exist(fnode: EcdProcess, client: Client, tmp_path: P
 def test_never_more_busy_slots_than_cpus(ecd_factory: Callable[..., EcdProcess], sample_repo: str) -> None:
     node = ecd_factory("cpu1", cpus=1)
     with Client(node.endpoint) as client:
-        register_sample(client, sample_repo, concurrency=2, serving=False)
+        register_sample(client, sample_repo, concurrency=2)
         wait_for(lambda: proc_view(client, "proc1")["workers"] == 2, 30, what="2 workers")
         handles = [client.call("sample.tasks.sleep", 0.3) for _ in range(4)]
         max_busy = 0
@@ -361,8 +319,7 @@ def test_backlog_is_shared_by_the_processor_workers(ecd_factory: Callable[..., E
         client.add_processor("proc1", sample_repo, "sample.tasks", concurrency=2)
         client.add_socket("sample.tasks.sleep", processor="proc1", function="sleep", queue="q1")
         if not submit_before_ready:
-            wait_for(lambda: proc_view(client, "proc1").get("status") == "running", 120, what="proc1 running")
-            wait_all_workers_serving(client, 2)
+            wait_for(lambda: proc_view(client, "proc1").get("idle") == 2, 120, what="both workers ready")
         handles = [client.call("sample.tasks.sleep", 0.3) for _ in range(4)]
         assert [h.get(timeout=60) for h in handles] == [0.3] * 4
         per_worker: dict[int, int] = {}

@@ -12,8 +12,6 @@ garbage's answer. No sleeps, no guessing how long a reply may take.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,35 +25,16 @@ from hypothesis import strategies as st
 
 import protocol
 from ecctl import Client, Function, RemoteError, ServerError
-from tests.conftest import EcdProcess, wait_for
+from tests.conftest import EcdProcess, sample_node_for_module
 
-SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
 HEADER = protocol.constants.SIGNATURE + bytes((protocol.VERSION,))
 EMPTY = b"\x80"
 
 
 @pytest.fixture(scope="module")
 def gnode(venv_cache: Path, sample_repo: str) -> Iterator[EcdProcess]:
-    base = Path(tempfile.mkdtemp(prefix="ec-garbage-"))
-    node = EcdProcess(base / "n1", venv_cache, cpus=2)
-    try:
-        node.start()
-        with Client(node.endpoint) as client:
-            client.add_queue("q1", "direct")
-            client.add_processor("proc1", sample_repo, "sample.tasks", concurrency=2, retries=0)
-            for fn in SAMPLE_FUNCTIONS:
-                client.add_socket(f"sample.tasks.{fn}", processor="proc1", function=fn, queue="q1")
-
-            def running() -> bool:
-                proc = next((p for p in client.status()["processors"] if p["name"] == "proc1"), {})
-                assert proc.get("status") != "failed", proc
-                return proc.get("status") == "running" and proc.get("idle") == 2
-
-            wait_for(running, 180, what="proc1 running")
+    with sample_node_for_module(venv_cache, sample_repo, "ec-garbage-", retries=0) as node:
         yield node
-    finally:
-        node.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class RawPeer:
