@@ -9,7 +9,7 @@ Layout (one environment at ``<data-dir>/wal/``, ``sync=True, metasync=True``)::
     pending  seq                          -> call id      non-terminal records only
     dead     seq                          -> call id      records in state ``failed``
     expiry   finished ms (8 bytes) + id   -> seq          terminal records, for the sweep
-    meta     b"node_id", b"seq"           -> str, int
+    meta     b"node_id", b"seq"           -> str, int     (seq: saved before each sweep)
 
 Every stored value is ``crc32(body)`` (4 bytes, big endian) followed by ``body``, the msgpack
 encoding of the value; a mismatch raises :class:`~ecd.errors.CorruptRecord` on read.
@@ -168,6 +168,7 @@ class Wal:
             self._map_size = int(self._env.info()["map_size"])
             self._dbs = {name.decode(): self._env.open_db(name) for name in _DB_NAMES}
             self.node_id, self._seq = self._load_meta()
+            self._committed_seq = self._seq
         except BaseException as e:
             self._env.close()
             if isinstance(e, lmdb.Error):
@@ -538,14 +539,21 @@ class Wal:
                     if not fresh and not was_pending:
                         txn.delete(skey, db=dead)
                 max_seq = max(max_seq, it.seq)
-        if max_seq:
-            raw = txn.get(_META_SEQ, db=meta)
-            try:
-                stored = int(_unpack(raw, "meta seq")) if raw is not None else 0
-            except CorruptRecord:
-                stored = 0
-            if max_seq > stored:
-                txn.put(_META_SEQ, _pack(max_seq), db=meta)
+        # The highest seq is not written here: every record's seq is in byseq, and open takes
+        # the maximum from there (one DB fewer per commit, so one fewer page to fsync). The
+        # sweep, which may delete the newest records, writes it to meta first.
+        self._committed_seq = max(self._committed_seq, max_seq)
+
+    def _save_seq(self, txn: Any) -> None:
+        """Keep meta's seq at least the highest committed one (seq never goes back)."""
+        meta = self._dbs["meta"]
+        raw = txn.get(_META_SEQ, db=meta)
+        try:
+            stored = int(_unpack(raw, "meta seq")) if raw is not None else 0
+        except CorruptRecord:
+            stored = 0
+        if self._committed_seq > stored:
+            txn.put(_META_SEQ, _pack(self._committed_seq), db=meta)
 
     def _unindex(self, txn: Any, id_b: bytes, old_raw: bytes, new_seq: int) -> None:
         """Drop the index entries of a record about to be overwritten, where they differ."""
@@ -605,6 +613,7 @@ class Wal:
         calls, expiry = self._dbs["calls"], self._dbs["expiry"]
         deleted = 0
         with self._env.begin(write=True) as txn:
+            self._save_seq(txn)
             cur = txn.cursor(db=expiry)
             found = cur.first()
             while found:

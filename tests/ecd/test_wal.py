@@ -350,6 +350,25 @@ def test_map_full_grows_and_reads_keep_working(wal_path: Path) -> None:
 # --------------------------------------------------------------------------- TTL sweep
 
 
+def test_seq_never_goes_back_after_everything_is_swept(wal_path: Path) -> None:
+    """Commits do not write meta's seq (open takes the highest from the indexes); a sweep that
+    deletes the newest records must save it first, or seqs would be reused after a restart."""
+    w = Wal(wal_path, result_ttl=0.01)
+    w.start()
+    seqs = [w.next_seq() for _ in range(3)]
+    w.submit(1, [rec(f"c{s}", s, "done", finished=time.time() - 60) for s in seqs])
+    collect(w, 1)
+    w.close()
+    w = Wal(wal_path, result_ttl=0.01)
+    assert w.sweep() == 3 and w.stats()["calls"] == 0
+    w.close()
+    w = Wal(wal_path, result_ttl=0.01)
+    try:
+        assert w.next_seq() > max(seqs)
+    finally:
+        w.close()
+
+
 def test_ttl_sweep_removes_expired_terminal_records(wal_path: Path) -> None:
     w = Wal(wal_path, result_ttl=0.3, sweep_interval=0.1)
     w.start()
