@@ -8,8 +8,11 @@ Layout (one environment at ``<data-dir>/wal/``, ``sync=True, metasync=True``)::
     byseq    seq (8 bytes, big endian)    -> call id
     pending  seq                          -> call id      non-terminal records only
     dead     seq                          -> call id      records in state ``failed``
-    expiry   finished ms (8 bytes) + id   -> seq          terminal records, for the sweep
     meta     b"node_id", b"seq"           -> str, int     (seq: saved before each sweep)
+
+Each commit touches as few databases as it can (each one costs pages to fsync): there is no
+expiry index; the sweep walks byseq from the oldest record and stops at the first one created
+after the TTL cutoff.
 
 Every stored value is ``crc32(body)`` (4 bytes, big endian) followed by ``body``, the msgpack
 encoding of the value; a mismatch raises :class:`~ecd.errors.CorruptRecord` on read.
@@ -73,7 +76,7 @@ _SWEEP_MAX_CHUNKS = 10
 
 TERMINAL_STATES = frozenset({"done", "failed"})
 
-_DB_NAMES = (b"calls", b"byseq", b"pending", b"dead", b"expiry", b"meta")
+_DB_NAMES = (b"calls", b"byseq", b"pending", b"dead", b"meta")
 _META_NODE_ID = b"node_id"
 _META_SEQ = b"seq"
 _MAX_SEQ = (1 << 64) - 1
@@ -106,10 +109,6 @@ def _unpack(value: bytes, what: str) -> Any:
 
 def _seq_key(seq: int) -> bytes:
     return seq.to_bytes(8, "big")
-
-
-def _expiry_key(finished: float, id_b: bytes) -> bytes:
-    return max(0, int(finished * 1000)).to_bytes(8, "big") + id_b
 
 
 class _Item:
@@ -350,8 +349,9 @@ class Wal:
                 info = self._env.info()
                 stat = self._env.stat()
                 with self._env.begin() as txn:
-                    for name in ("calls", "pending", "dead", "expiry"):
+                    for name in ("calls", "pending", "dead"):
                         out[name] = int(txn.stat(self._dbs[name])["entries"])
+            out["expiry"] = out["calls"] - out["pending"]  # finished records waiting for the sweep
             out["used_bytes"] = (int(info["last_pgno"]) + 1) * int(stat["psize"])
         return out
 
@@ -508,8 +508,7 @@ class Wal:
 
     def _apply(self, txn: Any, batch: list[tuple[object, list[_Item]]]) -> None:
         d = self._dbs
-        calls, byseq, pending, dead, expiry, meta = (d[n.decode()] for n in _DB_NAMES)
-        now = time.time()
+        calls, byseq, pending, dead, meta = (d[n.decode()] for n in _DB_NAMES)
         max_seq = 0
         for _token, items in batch:
             for it in items:
@@ -527,8 +526,6 @@ class Wal:
                 if it.state in TERMINAL_STATES:
                     if was_pending:
                         txn.delete(skey, db=pending)
-                    finished = it.finished if it.finished is not None else now
-                    txn.put(_expiry_key(finished, it.id_b), _pack(it.seq), db=expiry)
                     if it.state == "failed":
                         txn.put(skey, id_val, db=dead)
                     elif not fresh and not was_pending:
@@ -566,9 +563,6 @@ class Wal:
             k = _seq_key(old_seq)
             for name in ("byseq", "pending", "dead"):
                 txn.delete(k, db=self._dbs[name])
-        fin = old.get("finished")
-        if old.get("state") in TERMINAL_STATES and isinstance(fin, (int, float)):
-            txn.delete(_expiry_key(float(fin), id_b), db=self._dbs["expiry"])
 
     # ----------------------------------------------------------------- sweep
 
@@ -610,44 +604,43 @@ class Wal:
         return total, more
 
     def _sweep_chunk(self, cutoff_ms: int) -> tuple[int, bool]:
-        calls, expiry = self._dbs["calls"], self._dbs["expiry"]
-        deleted = 0
+        """Walk byseq from the oldest record: delete finished records whose ``finished`` is
+        before the cutoff; stop at the first record *created* after the cutoff (everything later
+        is newer still). Unfinished old records are kept and stepped over."""
+        calls, byseq = self._dbs["calls"], self._dbs["byseq"]
+        deleted = scanned = 0
         with self._env.begin(write=True) as txn:
             self._save_seq(txn)
-            cur = txn.cursor(db=expiry)
+            cur = txn.cursor(db=byseq)
             found = cur.first()
             while found:
-                key = cur.key()
-                ts_ms = int.from_bytes(key[:8], "big")
-                if ts_ms >= cutoff_ms:
-                    return deleted, False
-                if deleted >= _SWEEP_CHUNK:
+                if deleted >= _SWEEP_CHUNK or scanned >= 4 * _SWEEP_CHUNK:
                     return deleted, True
-                id_b = key[8:]
+                scanned += 1
+                key = cur.key()
                 try:
-                    seq = int(_unpack(cur.value(), "expiry index"))
+                    id_b = str(_unpack(cur.value(), "byseq index")).encode("utf-8")
+                    raw = txn.get(id_b, db=calls)
+                    record = _unpack(raw, "swept record") if raw is not None else None
                 except CorruptRecord:
-                    seq = None
-                raw = txn.get(id_b, db=calls)
-                drop_record = True
-                if raw is not None:
-                    try:
-                        rec = _unpack(raw, "swept record")
-                        fin = rec.get("finished")
-                        # a stale expiry entry (record re-finished later) must not delete it
-                        drop_record = rec.get("state") in TERMINAL_STATES and (
-                            fin is None or _expiry_key(float(fin), b"")[:8] == key[:8])
-                        if isinstance(rec.get("seq"), int):
-                            seq = rec["seq"]
-                    except CorruptRecord:
-                        pass
-                if drop_record:
+                    found = cur.next()  # left for an operator to look at
+                    continue
+                if record is None:  # an index entry without its record
+                    cur.delete()
+                    found = bool(cur.key())
+                    continue
+                created = record.get("created")
+                if isinstance(created, (int, float)) and created * 1000 >= cutoff_ms:
+                    return deleted, False
+                finished = record.get("finished")
+                if (record.get("state") in TERMINAL_STATES and isinstance(finished, (int, float))
+                        and finished * 1000 < cutoff_ms):
                     txn.delete(id_b, db=calls)
-                    if seq is not None:
-                        k = _seq_key(seq)
-                        for name in ("byseq", "pending", "dead"):
-                            txn.delete(k, db=self._dbs[name])
+                    for name in ("pending", "dead"):
+                        txn.delete(key, db=self._dbs[name])
+                    cur.delete()  # moves to the next entry, if any
+                    found = bool(cur.key())
                     deleted += 1
-                cur.delete()  # moves to the next entry, if any
-                found = bool(cur.key())
+                else:
+                    found = cur.next()
         return deleted, False

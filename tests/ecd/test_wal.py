@@ -356,7 +356,7 @@ def test_seq_never_goes_back_after_everything_is_swept(wal_path: Path) -> None:
     w = Wal(wal_path, result_ttl=0.01)
     w.start()
     seqs = [w.next_seq() for _ in range(3)]
-    w.submit(1, [rec(f"c{s}", s, "done", finished=time.time() - 60) for s in seqs])
+    w.submit(1, [rec(f"c{s}", s, "done", finished=time.time() - 60, created=time.time() - 120) for s in seqs])
     collect(w, 1)
     w.close()
     w = Wal(wal_path, result_ttl=0.01)
@@ -536,7 +536,7 @@ def test_indexes_match_a_model(tmp_path: Path, ops: list) -> None:
                 cid = f"m{key}"
                 seq = model[cid]["seq"] if cid in model else w.next_seq()
                 r = rec(cid, seq, state,
-                        finished=1e9 + fin if state in ("done", "failed") else None)
+                        finished=1e9 + fin if state in ("done", "failed") else None, created=1e9 - 1)
                 model[cid] = r
                 records.append(r)
             w.submit(n, records)
