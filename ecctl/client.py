@@ -212,8 +212,12 @@ class Client:
         reply = self.request(msg, resend=True)
         if not isinstance(reply, protocol.Accepted):
             raise EcctlError(f"unexpected reply to CALL: {type(reply).__name__}")
-        return AsyncResult(self, reply.call_id, seq=reply.seq, node=reply.node,
-                           duplicate=reply.duplicate)
+        result = AsyncResult(self, reply.call_id, seq=reply.seq, node=reply.node,
+                             duplicate=reply.duplicate)
+        if reply.result is not None:  # a fast call: it had already ended durably
+            result._reply = protocol.Result(call_id=reply.call_id, **reply.result)
+            result._state = "done" if reply.result["ok"] else "failed"
+        return result
 
     def call(self, socket: str, *args: Any, call_id: str | None = None, **kwargs: Any) -> AsyncResult:
         """Submit ``socket(*args, **kwargs)``; see :meth:`submit`."""

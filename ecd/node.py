@@ -391,9 +391,10 @@ class Node:
         elif call_id in self.ack_waiters:
             self.ack_waiters[call_id].append((peer, msg.request_id))
         else:
+            inline = self._inline_result(value) if kind == "stored" and value["state"] in C.TERMINAL else None
             self.frontend.send(peer, protocol.Accepted(
                 call_id=call_id, seq=value["seq"], node=self.config.name, duplicate=True,
-                request_id=msg.request_id))
+                result=inline, request_id=msg.request_id))
 
     def _starts_now(self, socket_name: str) -> bool:
         """Will a call on this socket start on a worker right away? Then its result is likely
@@ -475,6 +476,12 @@ class Node:
                 "error": {"type": str(error.get("type", "Error")), "message": str(error.get("message", "")),
                           "traceback": str(error.get("traceback", ""))}}
 
+    def _inline_result(self, record: dict[str, Any]) -> dict[str, Any]:
+        """ACCEPTED.result of a call whose final outcome is durable."""
+        entry = self._result_entry(record)
+        del entry["call_id"]
+        return entry
+
     def _result_message(self, record: dict[str, Any], request_id: bytes) -> protocol.Result:
         return protocol.Result(**self._result_entry(record), request_id=request_id)
 
@@ -482,16 +489,15 @@ class Node:
 
     def _handle_commits(self) -> None:
         pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]] = {}
-        for token, error in self.wal.drain():
+        drained = self.wal.drain()
+        ended: dict[str, dict[str, Any]] = {}  # calls whose final outcome became durable now
+        for token, error in drained:
             if token is None:
                 if error is not None:
                     logger.error("log write failed: %s", error)
                 continue
             kind, ids = token
-            if kind == "accept":
-                for call_id in ids:
-                    self._accepted(call_id, error)
-            elif kind == "final":
+            if kind == "final":
                 for call_id in ids:
                     record = self.finalizing.get(call_id)
                     if record is None:
@@ -503,6 +509,7 @@ class Node:
                     del self.finalizing[call_id]
                     self.active.pop(call_id, None)
                     self.unstored.discard(call_id)
+                    ended[call_id] = record
                     for peer, request_id in self.result_waiters.pop(call_id, []):
                         self.frontend.send(peer, self._result_message(record, request_id))
                     for key in self.push_waiters.pop(call_id, []):
@@ -519,11 +526,19 @@ class Node:
                 size += entry_size
             if chunk:
                 self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
+        # Accepts last: a call whose result became durable in the same commit (a fast call and
+        # a lingering accept) gets its result inside ACCEPTED, and its client needs no GET.
+        for token, error in drained:
+            if token is not None and token[0] == "accept":
+                for call_id in token[1]:
+                    self._accepted(call_id, error, ended.get(call_id))
 
-    def _accepted(self, call_id: str, error: Exception | None) -> None:
-        """The accept of ``call_id`` committed (or failed): answer everyone waiting on it."""
+    def _accepted(self, call_id: str, error: Exception | None, ended: dict[str, Any] | None = None) -> None:
+        """The accept of ``call_id`` committed (or failed): answer everyone waiting on it.
+        ``ended`` is the call's durable final record when it ended in the same commit."""
         waiters = self.ack_waiters.pop(call_id, [])
-        record = self.active.get(call_id)
+        record = self.active.get(call_id) or ended
+        inline = self._inline_result(ended) if ended is not None else None
         if error is not None:
             logger.error("call %s not accepted: %s", call_id, error)
             if call_id in self.active:
@@ -544,7 +559,7 @@ class Node:
             else:
                 self.frontend.send(peer, protocol.Accepted(
                     call_id=call_id, seq=record["seq"] if record else 0, node=self.config.name,
-                    request_id=request_id))
+                    result=inline, request_id=request_id))
 
     # -- scheduling -----------------------------------------------------------------------------
 

@@ -254,6 +254,24 @@ def _entries(schema: tuple[tuple[str, Check, Callable[[Any], None] | None], ...]
     return check
 
 
+def _inline_result(v: Any) -> Any:
+    """ACCEPTED.result: None, or a map {ok, value, error} checked like RESULT's fields."""
+    if v is None:
+        return v
+    _dict(v)
+    for name, check, _deep in _RESULT_FIELDS[1:]:
+        if name not in v:
+            raise _Invalid(f"missing field {name!r}")
+        check(v[name])
+    _result_consistent(v)
+    return v
+
+
+def _deep_inline_result(v: Any) -> None:
+    if v is not None:
+        _deep_value(v["value"])
+
+
 def _result_consistent(fields: dict[str, Any]) -> None:
     if fields["ok"] and fields["error"] is not None:
         raise _Invalid("RESULT: ok is true but error is set")
@@ -281,7 +299,8 @@ _FIELDS: dict[int, tuple[tuple[str, Check, Callable[[Any], None] | None], ...]] 
     c.ACCEPTED: (("call_id", _call_id(False), None),
                  ("seq", _int(0, c.MAX_SEQ), None),
                  ("node", _str(0, c.MAX_NAME_CHARS), None),
-                 ("duplicate", _bool, None)),
+                 ("duplicate", _bool, None),
+                 ("result", _inline_result, _deep_inline_result)),
     c.GET: (("call_id", _call_id(False), None),
             ("wait_ms", _int(0, c.MAX_WAIT_MS), None)),
     c.RESULT: _RESULT_FIELDS,

@@ -46,12 +46,15 @@ class Call:
 
 @dataclass(frozen=True, kw_only=True)
 class Accepted:
-    """S: the call is durably logged (fsynced) under call_id."""
+    """S: the call is durably logged (fsynced) under call_id. When the call had already ended
+    durably by then (a fast call: one commit can carry both), ``result`` is a map {ok, value,
+    error} with RESULT's meaning, and no GET is needed; else it is None."""
     COMMAND: ClassVar[int] = c.ACCEPTED
     call_id: str
     seq: int
     node: str
     duplicate: bool = False
+    result: dict | None = None
     request_id: bytes = b""
     credentials: dict = field(default_factory=dict)
 

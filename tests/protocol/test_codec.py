@@ -24,6 +24,9 @@ def all_messages() -> list[p.Message]:
         p.Call(socket="s" * 200, args=args, kwargs=kwargs, call_id=CID, request_id=b"1"),
         p.Accepted(call_id=CID, seq=0, node="n1"),
         p.Accepted(call_id="a" * 64, seq=c.MAX_SEQ, node="", duplicate=True),
+        p.Accepted(call_id=CID, seq=5, node="n1", result={"ok": True, "value": p.pack([1, b"x"]), "error": None}),
+        p.Accepted(call_id=CID, seq=6, node="n1",
+                   result={"ok": False, "value": b"", "error": {"type": "E", "message": "m", "traceback": ""}}),
         p.Get(call_id=CID),
         p.Get(call_id="A.b_c:d-9", wait_ms=c.MAX_WAIT_MS),
         p.Result(call_id=CID, ok=True, value=p.pack({"r": [1, 2]})),
@@ -212,7 +215,7 @@ def body_frames(cmd: int, body: dict) -> list[bytes]:
 GOOD_BODIES = {
     c.PONG: {"node": "n", "version": "v", "time": 1.0},
     c.CALL: {"socket": "s", "args": b"\x90", "kwargs": b"\x80", "call_id": ""},
-    c.ACCEPTED: {"call_id": CID, "seq": 1, "node": "n", "duplicate": False},
+    c.ACCEPTED: {"call_id": CID, "seq": 1, "node": "n", "duplicate": False, "result": None},
     c.GET: {"call_id": CID, "wait_ms": 0},
     c.RESULT: {"call_id": CID, "ok": True, "value": b"\xc0", "error": None},
     c.PENDING: {"call_id": CID, "state": "queued"},
@@ -386,3 +389,17 @@ def test_results_batch_checks_consistency() -> None:
                          use_bin_type=True)
     with pytest.raises(p.ProtocolError, match="error is missing"):
         p.decode([b"EC" + bytes((p.VERSION, c.RESULTS)), b"", b"\x80", body])
+
+
+@pytest.mark.parametrize("result, why", [
+    ({"ok": True, "value": b"\xc1", "error": None}, "result"),
+    ({"ok": False, "value": b"", "error": None}, "error is missing"),
+    ({"ok": True, "error": None}, "missing field 'value'"),
+    ([1], "must be a map"),
+])
+def test_accepted_inline_result_is_validated(result: object, why: str) -> None:
+    body = msgpack.packb({"call_id": CID, "seq": 1, "node": "n", "duplicate": False, "result": result},
+                         use_bin_type=True)
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode([b"EC" + bytes((p.VERSION, c.ACCEPTED)), b"", b"\x80", body])
+    assert why in info.value.reason
