@@ -514,6 +514,13 @@ class Node:
                         self.frontend.send(peer, self._result_message(record, request_id))
                     for key in self.push_waiters.pop(call_id, []):
                         pushes.setdefault(key, []).append(self._result_entry(record))
+        # Accepts after finals: a call whose result became durable in the same commit (a fast call and
+        # a lingering accept) gets its result inside ACCEPTED, and its client needs no GET.
+        for token, error in drained:
+            if token is not None and token[0] == "accept":
+                for call_id in token[1]:
+                    self._accepted(call_id, error, ended.get(call_id))
+        # pushed results after the ACCEPTED_MANY of their batch
         for (peer, request_id), entries in pushes.items():
             chunk: list[dict[str, Any]] = []
             size = 0
@@ -526,12 +533,6 @@ class Node:
                 size += entry_size
             if chunk:
                 self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
-        # Accepts last: a call whose result became durable in the same commit (a fast call and
-        # a lingering accept) gets its result inside ACCEPTED, and its client needs no GET.
-        for token, error in drained:
-            if token is not None and token[0] == "accept":
-                for call_id in token[1]:
-                    self._accepted(call_id, error, ended.get(call_id))
 
     def _accepted(self, call_id: str, error: Exception | None, ended: dict[str, Any] | None = None) -> None:
         """The accept of ``call_id`` committed (or failed): answer everyone waiting on it.
