@@ -177,7 +177,8 @@ class Client:
         Raises NoDaemon, CallTimeout, or ServerError for an ERROR reply.
         """
         with self._lock:
-            self._check_ipc()
+            if not self._answered:  # once the daemon answered, a lost socket shows as a timeout
+                self._check_ipc()
             msg = dataclasses.replace(msg, request_id=os.urandom(8))
             start = time.monotonic()
             deadline = start + (self.timeout if timeout is None else timeout) + wait
