@@ -36,6 +36,8 @@ __all__ = ["DEFAULT_ENDPOINT", "AsyncResult", "Client", "Function", "Signature",
 DEFAULT_ENDPOINT = "ipc:///var/lib/ec/ecd.sock"
 MAX_WAIT_MS = 5000          # longest single GET long-poll
 _RETRY_PAUSE = 0.2          # pause before retrying when the daemon is away
+#: Refusals that mean "not now": the call is re-sent with the same id (SPEC, CALL).
+_RETRY_CODES = frozenset({protocol.E_UNAVAILABLE, protocol.E_STORAGE, protocol.E_QUEUE_FULL})
 
 
 def default_endpoint() -> str:
@@ -272,6 +274,7 @@ class Client:
         results: list[Any] = [_UNSET] * len(entries)
         errors: dict[int, RemoteError] = {}
         unfinished: set[str] = set()
+        accepted: set[str] = set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_ipc()
@@ -297,7 +300,10 @@ class Client:
                     raise CallTimeout(f"{len(entries) - done} of {len(entries)} calls unfinished after {timeout}s")
                 wait = self.resend_interval if deadline is None else min(self.resend_interval, deadline - now)
                 if not sock.poll(int(wait * 1000) + 1, zmq.POLLIN):
-                    if time.monotonic() - last_progress >= self.resend_interval:
+                    # calls not yet accepted are re-sent soon; accepted ones are only running
+                    # long, so their results are asked for again much later
+                    quiet = self.resend_interval if unfinished - accepted else max(30.0, 10 * self.resend_interval)
+                    if time.monotonic() - last_progress >= quiet:
                         # nothing for a while (daemon restarted?): send the unfinished calls again
                         self._reset()
                         sock = self._socket()
@@ -308,7 +314,11 @@ class Client:
                         last_progress = time.monotonic()
                     continue
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    reply = protocol.decode(sock.recv_multipart())
+                    try:
+                        reply = protocol.decode(sock.recv_multipart())
+                    except protocol.ProtocolError as exc:
+                        log.warning("dropping undecodable reply: %s", exc)
+                        continue
                     if reply.request_id not in request_ids:
                         continue  # stale: from before a re-send
                     last_progress = time.monotonic()
@@ -316,9 +326,11 @@ class Client:
                     if isinstance(reply, protocol.Error):
                         raise ServerError(reply.code, reply.reason, reply.detail)
                     if isinstance(reply, protocol.AcceptedMany):
-                        if reply.refused:
-                            first = reply.refused[0]
-                            raise ServerError(first["code"], first["reason"], {"call_id": first["call_id"]})
+                        accepted.update(a["call_id"] for a in reply.accepted)
+                        for refusal in reply.refused:
+                            if refusal["code"] not in _RETRY_CODES:
+                                raise ServerError(refusal["code"], refusal["reason"], {"call_id": refusal["call_id"]})
+                            # node stopping or storage trouble: the same id is re-sent later
                     elif isinstance(reply, protocol.Results):
                         for entry in reply.results:
                             cid = entry["call_id"]

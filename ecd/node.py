@@ -51,6 +51,10 @@ SWITCH_INTERVAL = 0.0005
 WORKER_READY_TIMEOUT = 120.0
 #: Workers in a row dying before their module imported that mark the processor failed.
 EARLY_EXIT_LIMIT = 3
+#: Push destinations kept per call (a client that re-sends a batch makes a new one each time).
+MAX_PUSH_WAITERS = 4
+#: Longest text kept of a failed call's error message and traceback (each).
+MAX_ERROR_TEXT = 64 * 1024
 #: Longest a GET is held before PENDING (clients poll again), bounding the timer heap.
 MAX_GET_WAIT = 60.0
 #: Largest result a call may return (it must fit in one RESULT message).
@@ -71,7 +75,7 @@ WORKER_STOP_GRACE = 2.0
 class _Batch:
     """A CALLS request waiting for its new entries to become durable."""
 
-    __slots__ = ("peer", "request_id", "accepted", "refused", "waiting", "sent")
+    __slots__ = ("peer", "request_id", "accepted", "refused", "waiting", "ready", "sent")
 
     def __init__(self, peer: Peer, request_id: bytes) -> None:
         self.peer = peer
@@ -79,6 +83,7 @@ class _Batch:
         self.accepted: list[dict[str, Any]] = []
         self.refused: list[dict[str, Any]] = []
         self.waiting: set[str] = set()
+        self.ready: list[dict[str, Any]] = []  # results of finished duplicates, sent after the accept
         self.sent = False
 
 
@@ -432,21 +437,40 @@ class Node:
                 if kind == "stored" and value["state"] in C.TERMINAL:
                     ready.append(value)
                 else:
-                    self.push_waiters.setdefault(call_id, []).append((peer, msg.request_id))
+                    waiters = self.push_waiters.setdefault(call_id, [])
+                    if (peer, msg.request_id) not in waiters:
+                        waiters.append((peer, msg.request_id))
+                        del waiters[:-MAX_PUSH_WAITERS]  # re-sent batches: only the latest matter
+        batch.ready = [self._result_entry(r) for r in ready]
         if records:
             self.wal.submit(("accept", [r["id"] for r in records]), records,
                             linger=self.scheduler.busy < self.scheduler.cpus)
         if not batch.waiting:
             self._send_batch_accept(batch)
-        if ready:
-            self.frontend.send(peer, protocol.Results(
-                results=[self._result_entry(r) for r in ready], request_id=msg.request_id))
 
     def _send_batch_accept(self, batch: "_Batch") -> None:
         batch.sent = True
         self.frontend.send(batch.peer, protocol.AcceptedMany(
             node=self.config.name, accepted=batch.accepted, refused=batch.refused,
             request_id=batch.request_id))
+        if batch.ready:  # finished duplicates: their results right after the accept
+            self._send_results(batch.peer, batch.request_id, batch.ready)
+            batch.ready = []
+
+    def _send_results(self, peer: Peer, request_id: bytes, entries: list[dict[str, Any]]) -> None:
+        """RESULTS messages split by count and by bytes: one message must stay under 64 MiB."""
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for entry in entries:
+            error = entry["error"] or {}
+            entry_size = len(entry["value"]) + sum(len(str(v)) for v in error.values()) + 512
+            if chunk and (len(chunk) >= protocol.MAX_BATCH or size + entry_size > MAX_RESULT_BYTES):
+                self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += entry_size
+        if chunk:
+            self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
 
     def _handle_get(self, peer: Peer, msg: protocol.Get) -> None:
         record = self.active.get(msg.call_id)
@@ -522,24 +546,16 @@ class Node:
                     self._accepted(call_id, error, ended.get(call_id))
         # pushed results after the ACCEPTED_MANY of their batch
         for (peer, request_id), entries in pushes.items():
-            chunk: list[dict[str, Any]] = []
-            size = 0
-            for entry in entries:  # split by count and by bytes: one message must stay < 64 MiB
-                entry_size = len(entry["value"]) + 512
-                if chunk and (len(chunk) >= protocol.MAX_BATCH or size + entry_size > MAX_RESULT_BYTES):
-                    self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
-                    chunk, size = [], 0
-                chunk.append(entry)
-                size += entry_size
-            if chunk:
-                self.frontend.send(peer, protocol.Results(results=chunk, request_id=request_id))
+            self._send_results(peer, request_id, entries)
 
     def _accepted(self, call_id: str, error: Exception | None, ended: dict[str, Any] | None = None) -> None:
         """The accept of ``call_id`` committed (or failed): answer everyone waiting on it.
         ``ended`` is the call's durable final record when it ended in the same commit."""
         waiters = self.ack_waiters.pop(call_id, [])
-        record = self.active.get(call_id) or ended
+        record = self.active.get(call_id) or ended or self.wal.get(call_id)
         inline = self._inline_result(ended) if ended is not None else None
+        if error is not None and ended is not None:
+            error = None  # the call's final record is durable: it is stored after all
         if error is not None:
             logger.error("call %s not accepted: %s", call_id, error)
             if call_id in self.active:
@@ -699,6 +715,9 @@ class Node:
             return
         if error is None and value is not None and len(value) > MAX_RESULT_BYTES:
             error = C.error_dict("ResultTooLarge", f"the result is {len(value)} bytes; at most {MAX_RESULT_BYTES} fit in a reply")
+        if error is not None:
+            error = {key: (text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + " [truncated]")
+                     for key, text in ((k, str(v)) for k, v in error.items())}
         outcome = {**record, "events": list(record["events"])}
         if error is None:
             C.mark_done(outcome, value if value is not None else b"\xc0")

@@ -132,6 +132,7 @@ class ProcessorRuntime:
 
     def fail(self, reason: str, retry_after: float | None) -> None:
         self.status = FAILED
+        self.early_exits = 0
         self.reason = reason
         self.prepare_at = None if retry_after is None else time.monotonic() + retry_after
         logger.error("processor %s failed: %s", self.name, reason)

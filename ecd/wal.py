@@ -168,6 +168,7 @@ class Wal:
             self._dbs = {name.decode(): self._env.open_db(name) for name in _DB_NAMES}
             self.node_id, self._seq = self._load_meta()
             self._committed_seq = self._seq
+            self._sweep_from = b""  # byseq key the next sweep chunk starts from
         except BaseException as e:
             self._env.close()
             if isinstance(e, lmdb.Error):
@@ -438,8 +439,10 @@ class Wal:
                 if batch:
                     self._commit_batch(batch, n)
                 if not stopping and time.monotonic() - last_sweep >= self.sweep_interval:
-                    if not self._sweep_safely():
-                        last_sweep = time.monotonic()
+                    more = self._sweep_safely()
+                    # with more left, come back soon (not after every commit: a sweep round
+                    # is bounded work, but it runs in the writer, ahead of the next commit)
+                    last_sweep = time.monotonic() - (self.sweep_interval * 0.9 if more else 0.0)
             except Exception:  # noqa: BLE001 - a dead writer would hang every caller
                 log.exception("wal: writer error")
         while True:  # submits racing with close(): report them, never drop them silently
@@ -612,9 +615,12 @@ class Wal:
         with self._env.begin(write=True) as txn:
             self._save_seq(txn)
             cur = txn.cursor(db=byseq)
-            found = cur.first()
+            # resume where the last chunk stopped: old unfinished records are stepped over once
+            # per pass, not once per chunk
+            found = cur.set_range(self._sweep_from) if self._sweep_from else cur.first()
             while found:
                 if deleted >= _SWEEP_CHUNK or scanned >= 4 * _SWEEP_CHUNK:
+                    self._sweep_from = cur.key()
                     return deleted, True
                 scanned += 1
                 key = cur.key()
@@ -631,6 +637,7 @@ class Wal:
                     continue
                 created = record.get("created")
                 if isinstance(created, (int, float)) and created * 1000 >= cutoff_ms:
+                    self._sweep_from = b""  # a full pass is done: the next one starts over
                     return deleted, False
                 finished = record.get("finished")
                 if (record.get("state") in TERMINAL_STATES and isinstance(finished, (int, float))
@@ -643,4 +650,5 @@ class Wal:
                     deleted += 1
                 else:
                     found = cur.next()
+        self._sweep_from = b""
         return deleted, False

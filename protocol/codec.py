@@ -324,6 +324,10 @@ _FIELDS: dict[int, tuple[tuple[str, Check, Callable[[Any], None] | None], ...]] 
               ("detail", _dict, None)),
 }
 
+#: Fields added to a command after version 1 was first published: a receiver takes the default
+#: when a sender omits them (senders of this code always send them).
+_OPTIONAL: dict[tuple[int, str], Any] = {(c.ACCEPTED, "result"): None}
+
 _CLASSES: dict[int, type] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 _HEADERS: dict[type, bytes] = {
     cls: c.SIGNATURE + bytes((c.VERSION, cls.COMMAND)) for cls in MESSAGE_TYPES
@@ -455,8 +459,10 @@ def decode(frames: Sequence[bytes]) -> Message:
         try:
             value = fields[field_name]
         except KeyError:
-            raise ProtocolError(f"{name}: missing field {field_name!r}", request_id=rid,
-                                data=body) from None
+            if (cmd, field_name) not in _OPTIONAL:
+                raise ProtocolError(f"{name}: missing field {field_name!r}", request_id=rid,
+                                    data=body) from None
+            value = _OPTIONAL[(cmd, field_name)]
         try:
             value = check(value)
             if deep is not None:

@@ -369,6 +369,27 @@ def test_seq_never_goes_back_after_everything_is_swept(wal_path: Path) -> None:
         w.close()
 
 
+@pytest.mark.timeout(60)
+def test_sweep_gets_past_a_long_run_of_old_unfinished_records(wal_path: Path) -> None:
+    """Thousands of calls queued for longer than the TTL (a processor down for a day) must not
+    stop the sweep from reaching the finished records behind them."""
+    w = Wal(wal_path, result_ttl=10.0)
+    w.start()
+    old = time.time() - 3600
+    records = [rec(f"q{i}", w.next_seq(), "queued", created=old) for i in range(5000)]
+    records += [rec(f"d{i}", w.next_seq(), "done", finished=old + 1, created=old) for i in range(100)]
+    for start in range(0, len(records), 1000):
+        w.submit(start, records[start:start + 1000])
+    collect(w, 6)
+    w.close()
+    w = Wal(wal_path, result_ttl=10.0)
+    try:
+        assert w.sweep() == 100
+        assert w.stats()["calls"] == 5000 and w.stats()["pending"] == 5000
+    finally:
+        w.close()
+
+
 def test_ttl_sweep_removes_expired_terminal_records(wal_path: Path) -> None:
     w = Wal(wal_path, result_ttl=0.3, sweep_interval=0.1)
     w.start()
