@@ -20,9 +20,6 @@ UNIT = ROOT / "systemd" / "ecd.service"
 CONFIG = ROOT / "systemd" / "ecd.toml"
 SAMPLE = ROOT / "examples" / "sample"
 
-if str(ROOT) not in sys.path:  # repo not installed and no conftest put the root on sys.path
-    sys.path.insert(0, str(ROOT))
-
 pytestmark = pytest.mark.timeout(120)
 
 #: Seconds any subprocess of these tests may take.

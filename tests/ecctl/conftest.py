@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:       # pytest runs with --import-mode=importlib
-    sys.path.insert(0, _ROOT)
+import pytest
+import zmq
 
-import pytest  # noqa: E402
-import zmq  # noqa: E402
-
-import protocol  # noqa: E402
+import protocol
 
 
 def _echo(*args: Any, **kwargs: Any) -> Any:

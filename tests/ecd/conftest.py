@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,8 +11,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the repo is not installed into the venv
-    sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:  # imported lazily below so other tests here never depend on these modules
     from ecd.repos import CodeLoader, PreparedCode

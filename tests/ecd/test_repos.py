@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-try:
-    from ecd.errors import RepoError
-    from ecd.repos import CodeLoader, CodeSpec, PreparedCode, check_git_url, redact_url
-except ModuleNotFoundError:  # repo not installed and no conftest put the root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ecd.errors import RepoError
-    from ecd.repos import CodeLoader, CodeSpec, PreparedCode, check_git_url, redact_url
+from ecd.errors import RepoError
+from ecd.repos import CodeLoader, CodeSpec, PreparedCode, check_git_url, redact_url
 
 pytestmark = pytest.mark.timeout(120)
 

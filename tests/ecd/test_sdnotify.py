@@ -5,19 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-try:
-    from ecd import sdnotify
-except ModuleNotFoundError:  # repo not installed and no conftest put the root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ecd import sdnotify
+from ecd import sdnotify
 
 Notifier = sdnotify.Notifier
 

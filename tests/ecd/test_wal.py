@@ -16,18 +16,15 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # repo not installed and no conftest put the root on sys.path
-    sys.path.insert(0, str(ROOT))
-
-from ecd.errors import CommitFailed, CorruptRecord, WalError  # noqa: E402
-from ecd.wal import Wal  # noqa: E402
+from ecd.errors import CommitFailed, CorruptRecord, WalError
+from ecd.wal import Wal
+from tests.conftest import ROOT, wait_for
 
 
 # --------------------------------------------------------------------------- helpers
@@ -43,12 +40,6 @@ def rec(call_id: str, seq: int, state: str = "queued", finished: float | None = 
     return r
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)  # polling interval, not synchronisation
 
 
 def collect(wal: Wal, n: int, timeout: float = 30.0) -> list[tuple[object, Exception | None]]:

@@ -16,15 +16,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-try:
-    from ecd.repos import PreparedCode
-    from ecd.workers import (Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready,
-                             WorkerEvent, WorkerProcess, process_start_time)
-except ModuleNotFoundError:  # repo not installed and no conftest put the root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ecd.repos import PreparedCode
-    from ecd.workers import (Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready,
-                             WorkerEvent, WorkerProcess, process_start_time)
+from ecd.repos import PreparedCode
+from ecd.workers import (Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready, WorkerEvent,
+                         WorkerProcess, process_start_time)
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,11 +65,10 @@ def alive(pid: int) -> bool:
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
+    try:
+        wait_for(lambda: not alive(pid), timeout, what=f"pid {pid} to exit")
+    except AssertionError:
+        return False
     return True
 
 
