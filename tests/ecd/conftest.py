@@ -60,7 +60,7 @@ def corrupt_channel(data):
 
 def spawn_child():
     import subprocess
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]).pid
+    return subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"]).pid
 '''
 
 

@@ -269,7 +269,7 @@ def test_worker_dies_with_its_parent(code_tasks: PreparedCode, code_support_dir:
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+    return subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"],
                             start_new_session=True)
 
 
@@ -301,9 +301,9 @@ def test_kill_orphans(tmp_path: Path) -> None:
 def test_kill_orphans_group_without_leader(tmp_path: Path) -> None:
     path = tmp_path / "workers.json"
     script = ("import subprocess, sys, time\n"
-              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'])\n"
               "print(p.pid, flush=True)\n")
-    leader = subprocess.Popen([sys.executable, "-c", script + "time.sleep(300)\n"],
+    leader = subprocess.Popen([sys.executable, "-c", script + "import signal; signal.pause()\n"],
                               start_new_session=True, stdout=subprocess.PIPE, text=True)
     member = 0
     try:
