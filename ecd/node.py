@@ -105,6 +105,7 @@ class Node:
         self.fd_owner: dict[int, tuple[str, ProcessorRuntime, WorkerSlot]] = {}
         self.scheduler = Scheduler(config.cpus)
         self.topology: Any = None
+        self.sockets_of: dict[str, list[str]] = {}
         self._timer_seq = 0
         self._next_topology_check = 0.0
         self._topology_check_running = False
@@ -607,11 +608,8 @@ class Node:
             self._prefetch()
 
     def _prefetch(self) -> None:
-        sockets_of: dict[str, list[str]] = {}
-        for socket in self.topology.sockets.values():
-            sockets_of.setdefault(socket.processor, []).append(socket.name)
         for runtime in self.runtimes.values():
-            names = sockets_of.get(runtime.name)
+            names = self.sockets_of.get(runtime.name)
             if not names or runtime.status != RUNNING:
                 continue
             if runtime.avg_duration > PREFETCH_MAX_DURATION or len(runtime.slots) > runtime.definition.concurrency:
@@ -624,12 +622,14 @@ class Node:
                  now - (self.active.get(slot.calls[0], {}).get("started") or now) <= PREFETCH_MAX_DURATION * 10]
         # one call per worker per round, and only while the backlog is deeper than the workers
         # that could take it: a worker that frees up still finds calls waiting
+        backlog = sum(self.scheduler.depth(name) for name in names)
         for depth in range(2, PREFETCH + 1):
             for slot in slots:
                 if len(slot.calls) >= depth:
                     continue
-                if sum(self.scheduler.depth(name) for name in names) <= len(runtime.slots):
+                if backlog <= len(runtime.slots):
                     return
+                backlog -= 1
                 taken = self.scheduler.take(names)
                 if taken is None:
                     return
@@ -864,6 +864,9 @@ class Node:
 
     def _reconcile(self) -> None:
         """Bring the processors running here in line with the topology."""
+        self.sockets_of = {}  # processor -> its socket names, derived once per topology
+        for socket in self.topology.sockets.values():
+            self.sockets_of.setdefault(socket.processor, []).append(socket.name)
         if self.stopping:
             return
         wanted = self.topology.processors

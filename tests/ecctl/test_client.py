@@ -154,10 +154,15 @@ def test_result_survives_daemon_restart(client: Client, fake, fake_daemon_cls) -
     handle = client.call("never")
     assert handle.state == "running"
 
+    def gets_seen() -> int:
+        return sum(1 for m in list(fake.received) if isinstance(m, protocol.Get) and m.call_id == handle.id)
+
     def restart() -> None:
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while gets_seen() < 2 and time.monotonic() < deadline:  # the long poll has started
+            time.sleep(0.01)
         fake.stop()
-        time.sleep(0.5)
+        time.sleep(0.5)  # the outage itself (the fault injected), not a synchronisation
         reborn = fake_daemon_cls(fake.endpoint)
         reborn.results[handle.id] = protocol.Result(call_id=handle.id, ok=True,
                                                     value=protocol.pack("late"))
