@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import calls
+from . import calls, history, topology
 
-BENCHES = {"calls": calls.main}
+BENCHES = {"calls": calls.main, "history": history.main, "topology": topology.main}
 
 
 def main(argv: list[str] | None = None) -> int:

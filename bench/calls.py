@@ -23,10 +23,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def run(latency_calls: int, throughput_calls: int, window: int, cpus: int, workers: int) -> dict[str, Any]:
+def run(latency_calls: int, throughput_calls: int, window: int, cpus: int, workers: int,
+        env: dict[str, str] | None = None) -> dict[str, Any]:
     from ecctl import Client, Function
 
-    with ThrowawayNode(cpus=cpus) as node:
+    with ThrowawayNode(cpus=cpus, env=env) as node:
         with Client(node.endpoint) as admin:
             admin.add_queue("bench", "direct")
             admin.add_processor("noop", node.repo_url, "sample.tasks", concurrency=workers)

@@ -20,8 +20,12 @@ EXAMPLE = ROOT / "examples" / "sample"
 class ThrowawayNode:
     """``with ThrowawayNode(cpus=2) as node:`` gives a running ecd at ``node.endpoint``."""
 
-    def __init__(self, cpus: int = 2, venv_dir: Path | None = None) -> None:
+    def __init__(self, cpus: int = 2, venv_dir: Path | None = None, *, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, repo_url: str | None = None) -> None:
         self.cpus = cpus
+        self.extra = extra
+        self.env = env or {}
+        self.repo_url = repo_url or ""
         self.base = Path(tempfile.mkdtemp(prefix="ec-bench-"))
         self.data_dir = self.base / "data"
         self.venv_dir = venv_dir or self.base / "venvs"
@@ -29,13 +33,13 @@ class ThrowawayNode:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "ThrowawayNode":
-        self.repo_url = self._make_repo()
+        self.repo_url = self.repo_url or self._make_repo()
         log = open(self.base / "ecd.log", "wb")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ecd", "run", "--data-dir", str(self.data_dir), "--venv-dir", str(self.venv_dir),
-             "--cpus", str(self.cpus), "--log-level", "WARNING"],
+             "--cpus", str(self.cpus), "--log-level", "WARNING", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         from ecctl import Client

@@ -1,7 +1,12 @@
 """The ``ecctl`` command line: one click group whose commands only call :class:`Client`.
 
+This module holds the group, ``run``/``task run``, ``status``, ``ping``, ``apply`` and
+``export``; the object commands (``add``, ``update``, ``delete``, ``ls``, ``proc``) are in
+:mod:`ecctl.objects`, network files in :mod:`ecctl.spec`.
+
 Options resolve as defaults -> ``--config`` TOML file -> environment -> flags. Exit codes:
-0 ok, 1 the call or the request failed, 2 usage error or no daemon.
+0 ok, 1 the call or the request failed, 2 usage error, unreadable network file or no daemon.
+Errors are one line on stderr: ``error: <message>``.
 """
 
 from __future__ import annotations
@@ -10,48 +15,24 @@ import json
 import logging
 import sys
 import tomllib
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 import protocol
 
-from . import output
-from .client import Client
-from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
+from . import output, spec
+from .context import DEFAULT_TIMEOUT, State, json_option, show, state_of
+from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError, SpecError
+from .objects import add_group, delete_cmd, ls_group, proc_group, update_group
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 10.0
-KINDS = ("processor", "socket", "queue")
-
-
-@dataclass
-class State:
-    """Options shared by every command (the click context object)."""
-
-    endpoint: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    json: bool = False
-    _client: Client | None = field(default=None, repr=False)
-
-    @property
-    def client(self) -> Client:
-        """The Client, created on first use."""
-        if self._client is None:
-            self._client = Client(self.endpoint, timeout=self.timeout)
-        return self._client
-
-    def close(self) -> None:
-        """Close the client if one was made."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
 
 def _fail(ctx: click.Context, message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    """``error: <message>`` as exactly one line on stderr (a multi-line reason is joined)."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    click.echo(f"error: {line}", err=True)
     ctx.exit(code)
 
 
@@ -61,7 +42,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except NoDaemon as exc:
+        except (NoDaemon, SpecError) as exc:
             _fail(ctx, str(exc), 2)
         except RemoteError as exc:
             _fail(ctx, f"{exc} (call {exc.call_id})", 1)
@@ -83,16 +64,6 @@ def _load_config(path: str | None) -> dict[str, Any]:
     if unknown:
         log.warning("ignoring unknown config keys: %s", ", ".join(sorted(unknown)))
     return data
-
-
-def _state(ctx: click.Context, json_flag: bool = False) -> State:
-    state = ctx.ensure_object(State)
-    if json_flag:
-        state.json = True
-    return state
-
-
-json_option = click.option("--json", "json_flag", is_flag=True, help="Print the daemon's data as JSON.")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -208,171 +179,6 @@ def task_run_cmd(state: State, socket: str, args: tuple[str, ...], data: str | N
     _run(state, socket, args, data, no_wait, wait)
 
 
-# --------------------------------------------------------------------------------- add
-
-def _show(state: State, obj: Any, line: str) -> None:
-    click.echo(output.to_json(obj) if state.json else line)
-
-
-@cli.group("add")
-def add_group() -> None:
-    """Create queues, processors and sockets."""
-
-
-@add_group.command("queue")
-@click.option("-n", "--name", required=True)
-@click.option("-t", "--type", "qtype", type=click.Choice(["direct", "topic", "fanout"]),
-              default="direct", show_default=True)
-@json_option
-@click.pass_context
-def add_queue_cmd(ctx: click.Context, name: str, qtype: str, json_flag: bool) -> None:
-    """Add a queue."""
-    state = _state(ctx, json_flag)
-    obj = state.client.add_queue(name, qtype)
-    _show(state, obj, f"added queue {name} ({qtype})")
-
-
-@add_group.command("processor")
-@click.option("-n", "--name", required=True, help="Name of this processor.")
-@click.option("-g", "--gitrepo", required=True, help="Git repo URL.")
-@click.option("-m", "--module", required=True, help="Python module (e.g. some.module.path).")
-@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes.")
-@click.option("-br", "--branch", help="Git branch.")
-@click.option("--commit", help="Git commit id.")
-@click.option("-r", "--retries", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--retry-delay", type=float, default=1.0, show_default=True, metavar="S")
-@click.option("--timelimit", type=float, metavar="S", help="Seconds a call may run.")
-@click.option("-rq", "--requirements", help="requirements.txt text.")
-@click.option("-d", "--description")
-@json_option
-@click.pass_context
-def add_processor_cmd(ctx: click.Context, name: str, gitrepo: str, module: str, concurrency: int,
-                      branch: str | None, commit: str | None, retries: int, retry_delay: float,
-                      timelimit: float | None, requirements: str | None,
-                      description: str | None, json_flag: bool) -> None:
-    """Add a processor (code from a git repo)."""
-    state = _state(ctx, json_flag)
-    obj = state.client.add_processor(
-        name, gitrepo, module, concurrency=concurrency, branch=branch, commit=commit,
-        retries=retries, retry_delay=retry_delay, timelimit=timelimit,
-        requirements=requirements, description=description)
-    _show(state, obj, f"added processor {name}")
-
-
-@add_group.command("socket")
-@click.option("-n", "--name", required=True)
-@click.option("-q", "--queue", required=True)
-@click.option("-pn", "--processor", required=True)
-@click.option("-t", "--task", "function", required=True, help="Function in the processor module.")
-@json_option
-@click.pass_context
-def add_socket_cmd(ctx: click.Context, name: str, queue: str, processor: str, function: str,
-                   json_flag: bool) -> None:
-    """Add a socket: processor.function fed from a queue."""
-    state = _state(ctx, json_flag)
-    obj = state.client.add_socket(name, processor, function, queue)
-    _show(state, obj, f"added socket {name} ({processor}.{function} on queue {queue})")
-
-
-# ------------------------------------------------------------------------------ delete
-
-@cli.command("delete")
-@click.argument("kind", type=click.Choice(KINDS))
-@click.option("-n", "--name", required=True)
-@json_option
-@click.pass_context
-def delete_cmd(ctx: click.Context, kind: str, name: str, json_flag: bool) -> None:
-    """Delete a processor, socket or queue."""
-    state = _state(ctx, json_flag)
-    obj = state.client.delete(kind, name)
-    _show(state, obj, f"deleted {kind} {name}")
-
-
-# ---------------------------------------------------------------------------------- ls
-
-@cli.group("ls")
-def ls_group() -> None:
-    """List objects and calls."""
-
-
-def _ls_simple(kind: str, headers: list[str], keys: list[str]) -> None:
-    @ls_group.command(kind, help=f"List {kind}.")
-    @json_option
-    @click.pass_context
-    def command(ctx: click.Context, json_flag: bool) -> None:
-        state = _state(ctx, json_flag)
-        items = state.client.ls(kind)
-        if state.json:
-            click.echo(output.to_json(items))
-            return
-        click.echo(output.table(headers, [[item.get(k) for k in keys] for item in items]))
-
-
-_ls_simple("queues", ["Name", "Type", "Depth"], ["name", "type", "depth"])
-_ls_simple("processors",
-           ["Name", "Status", "Concurrency", "Module", "Gitrepo", "Commit", "Reason"],
-           ["name", "status", "concurrency", "module", "gitrepo", "resolved_commit", "reason"])
-_ls_simple("sockets", ["Name", "Processor", "Function", "Queue", "Depth"],
-           ["name", "processor", "function", "queue", "depth"])
-
-
-@ls_group.command("calls")
-@click.option("-p", "--page", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("-r", "--rows", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("-u", "--unfinished", is_flag=True, help="Only calls not finished yet.")
-@json_option
-@click.pass_context
-def ls_calls_cmd(ctx: click.Context, page: int, rows: int, unfinished: bool,
-                 json_flag: bool) -> None:
-    """List recent calls, newest first."""
-    state = _state(ctx, json_flag)
-    data = state.client.ls_calls(limit=rows, offset=(page - 1) * rows, unfinished=unfinished)
-    if state.json:
-        click.echo(output.to_json(data))
-        return
-    body = [[page, n, c.get("id"), c.get("socket"), c.get("state"), c.get("attempts"),
-             output.fmt_time(c.get("created")), output.fmt_time(c.get("started")),
-             output.fmt_time(c.get("finished")), c.get("node")]
-            for n, c in enumerate(data.get("calls", []), start=1)]
-    click.echo(output.table(["Page", "Row", "ID", "Socket", "State", "Attempts", "Created",
-                             "Started", "Finished", "Node"], body))
-    click.echo(output.page_footer(page, rows, int(data.get("total", 0))))
-
-
-@ls_group.command("call")
-@click.option("--id", "call_id", required=True, help="ID of the call.")
-@click.option("-r", "--result", "with_result", is_flag=True, help="Include the result.")
-@json_option
-@click.pass_context
-def ls_call_cmd(ctx: click.Context, call_id: str, with_result: bool, json_flag: bool) -> None:
-    """Details of one call: summary, events, optionally the result."""
-    state = _state(ctx, json_flag)
-    c = state.client.ls_call(call_id, result=with_result)
-    if state.json:
-        click.echo(output.to_json(c))
-        return
-    attempts = f"{c.get('attempts')}/{(c.get('max_retries') or 0) + 1}"
-    click.echo(output.table(
-        ["ID", "Socket", "Function", "State", "Attempts", "Node", "Worker", "Created",
-         "Started", "Finished"],
-        [[c.get("id"), c.get("socket"),
-          f"{c.get('processor')}.{c.get('function')}" if c.get("function") else None,
-          c.get("state"), attempts, c.get("node"), c.get("worker"),
-          output.fmt_time(c.get("created")), output.fmt_time(c.get("started")),
-          output.fmt_time(c.get("finished"))]]))
-    if c.get("error"):
-        click.echo(f"Error: {output.fmt_error(c.get('error'))}")
-    click.echo("Events")
-    events = [[e.get("name"), output.fmt_time(e.get("time")), e.get("note")]
-              for e in c.get("events") or []]
-    click.echo(output.table(["Name", "Time", "Note"], events))
-    if with_result and "result" in c:
-        click.echo("Result")
-        value = c["result"]
-        click.echo(value if isinstance(value, str) else json.dumps(output.to_jsonable(value)))
-
-
 # ------------------------------------------------------------------------------ status
 
 @cli.command("status")
@@ -380,7 +186,7 @@ def ls_call_cmd(ctx: click.Context, call_id: str, with_result: bool, json_flag: 
 @click.pass_context
 def status_cmd(ctx: click.Context, json_flag: bool) -> None:
     """Node status: CPUs, busy slots, workers per processor, queue depths."""
-    state = _state(ctx, json_flag)
+    state = state_of(ctx, json_flag)
     s = state.client.status()
     if state.json:
         click.echo(output.to_json(s))
@@ -407,9 +213,68 @@ def status_cmd(ctx: click.Context, json_flag: bool) -> None:
 @click.pass_context
 def ping_cmd(ctx: click.Context, json_flag: bool) -> None:
     """Check that the daemon answers."""
-    state = _state(ctx, json_flag)
+    state = state_of(ctx, json_flag)
     pong = state.client.ping()
-    _show(state, pong, f"{pong['node']} {pong['version']} {pong['rtt'] * 1000:.1f} ms")
+    show(state, pong, f"{pong['node']} {pong['version']} {pong['rtt'] * 1000:.1f} ms")
+
+
+# ----------------------------------------------------------------------- apply / export
+
+@cli.command("apply")
+@click.option("-f", "--file", "path", required=True, metavar="FILE",
+              help="Network file: .yaml/.yml, .toml or .json (others are read as YAML); "
+                   "- reads YAML from stdin.")
+@click.option("--format", "fmt", type=click.Choice(spec.FORMATS),
+              help="Parse FILE as this format whatever its name says.")
+@click.option("--dry-run", is_flag=True, help="Show the changes without making them.")
+@click.option("--prune", is_flag=True,
+              help="Also delete objects of the sections in FILE that it does not name "
+                   "(never nodes).")
+@json_option
+@click.pass_context
+def apply_cmd(ctx: click.Context, path: str, fmt: str | None, dry_run: bool, prune: bool,
+              json_flag: bool) -> None:
+    """Make the network match FILE in one transaction and print each change.
+
+    Fields a file leaves out keep their defaults on new objects and their values on existing
+    ones; applying the same file twice changes nothing the second time.
+    """
+    state = state_of(ctx, json_flag)
+    network = spec.load(path, fmt)
+    result = state.client.apply(network, dry_run=dry_run, prune=prune)
+    if state.json:
+        click.echo(output.to_json(result))
+        return
+    changes = (result.get("changes") if isinstance(result, dict) else None) or []
+    for change in changes:
+        click.echo(output.change_line(change))
+    if not changes:
+        click.echo("no changes")
+    elif dry_run:
+        click.echo(f"would apply {len(changes)} change(s) (dry run)")
+    else:
+        click.echo(f"applied {len(changes)} change(s)")
+
+
+@cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True, help="Output format.")
+@json_option
+@click.pass_context
+def export_cmd(ctx: click.Context, fmt: str, json_flag: bool) -> None:
+    """Print the whole network as a file that `ecctl apply -f` takes back unchanged.
+
+    `ecctl export > network.yaml`; `--json` is `--format json`.
+    """
+    state = state_of(ctx, json_flag)
+    network = state.client.export()
+    if not isinstance(network, dict):
+        raise EcctlError(f"unexpected export reply from the daemon: {type(network).__name__}")
+    click.echo(spec.dump(network, "json" if state.json else fmt), nl=False)
+
+
+for _command in (add_group, update_group, delete_cmd, ls_group, proc_group):
+    cli.add_command(_command)
 
 
 def main() -> None:

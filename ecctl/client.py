@@ -30,12 +30,16 @@ from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENDPOINT", "AsyncResult", "Client", "Function", "Signature", "Socket",
-           "default_endpoint", "resolve_endpoints"]
+__all__ = ["DEFAULT_ENDPOINT", "KINDS", "PROC_ACTIONS", "AsyncResult", "Client", "Function",
+           "Signature", "Socket", "default_endpoint", "resolve_endpoints"]
 
 DEFAULT_ENDPOINT = "ipc:///var/lib/ec/ecd.sock"
 MAX_WAIT_MS = 5000          # longest single GET long-poll
 _RETRY_PAUSE = 0.2          # pause before retrying when the daemon is away
+#: Kinds of network objects, in dependency order (ecd/DESIGN-3.md).
+KINDS = ("queue", "node", "processor", "socket", "plug", "deployment", "flow")
+#: What ``ecctl proc`` / :meth:`Client.proc` can do to a processor.
+PROC_ACTIONS = ("pause", "resume", "stop", "start", "restart", "remove")
 #: Refusals that mean "not now": the call is re-sent with the same id (SPEC, CALL).
 _RETRY_CODES = frozenset({protocol.E_UNAVAILABLE, protocol.E_STORAGE, protocol.E_QUEUE_FULL})
 
@@ -378,17 +382,65 @@ class Client:
         return self.admin("add_socket", name=name, processor=processor, function=function,
                           queue=queue)
 
+    # -- the network (ecd/DESIGN-3.md "Admin ops") -------------------------------------------
+
+    def add(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Create a ``kind`` object (queue, node, processor, socket, plug, deployment, flow)
+        from ``fields`` (``name`` included); returns the object as stored."""
+        return self.admin(f"add_{_kind(kind)}", **fields)
+
+    def update(self, kind: str, name: str, **fields: Any) -> dict[str, Any]:
+        """Change the given ``fields`` of one object (nothing else is sent); returns it."""
+        return self.admin(f"update_{_kind(kind)}", name=name, **fields)
+
     def delete(self, kind: str, name: str) -> dict[str, Any]:
-        """Delete a ``queue``, ``processor`` or ``socket``."""
-        return self.admin(f"delete_{kind}", name=name)
+        """Delete one object; refused (ServerError 409) while something refers to it."""
+        return self.admin(f"delete_{_kind(kind)}", name=name)
 
     def ls(self, kind: str) -> list[dict[str, Any]]:
-        """List ``queues``, ``processors`` or ``sockets``."""
-        return self.admin(f"ls_{kind}")
+        """Every object of ``kind`` (singular or plural: ``queue`` or ``queues``), by name."""
+        return self.admin(f"ls_{_kind(kind)}s")
 
-    def ls_calls(self, limit: int = 50, offset: int = 0, unfinished: bool = False) -> dict[str, Any]:
-        """Recent calls: ``{"total": int, "calls": [...]}``."""
-        return self.admin("ls_calls", limit=limit, offset=offset, unfinished=unfinished)
+    def proc(self, action: str, name: str) -> dict[str, Any]:
+        """``pause``, ``resume``, ``stop``, ``start``, ``restart`` or ``remove`` a processor.
+
+        ``remove`` deletes it with its sockets, their plugs, its deployments and flow
+        memberships, and returns what went: ``{"processor", "sockets", "plugs", ...}``.
+        """
+        if action not in PROC_ACTIONS:
+            raise ValueError(f"unknown processor action {action!r} (one of: {', '.join(PROC_ACTIONS)})")
+        return self.admin(f"proc_{action}", name=name)
+
+    def apply(self, spec: Mapping[str, Any], dry_run: bool = False, prune: bool = False) -> dict[str, Any]:
+        """Make the network match ``spec`` in one transaction (see :mod:`ecctl.spec`).
+
+        Returns ``{"changes": [{"action", "kind", "name", "fields"}], "applied", "version"}``;
+        with ``dry_run`` nothing changes; with ``prune`` objects of the listed sections that
+        ``spec`` does not name are deleted (never nodes).
+        """
+        return self.admin("apply", spec=dict(spec), dry_run=bool(dry_run), prune=bool(prune))
+
+    def export(self) -> dict[str, Any]:
+        """The whole network as a spec that :meth:`apply` accepts unchanged."""
+        return self.admin("export")
+
+    def ls_calls(self, page: int = 1, rows: int = 10, unfinished: bool = False,
+                 socket: str | None = None, *, limit: int | None = None,
+                 offset: int | None = None) -> dict[str, Any]:
+        """One page of calls, newest first: ``{"total", "page", "pages", "rows", "calls", ...}``.
+
+        ``socket`` keeps only that socket's calls. The issue #2 form ``ls_calls(limit=,
+        offset=)`` is still sent as such when ``limit`` or ``offset`` is given.
+        """
+        args: dict[str, Any]
+        if limit is not None or offset is not None:
+            args = {"limit": 50 if limit is None else limit, "offset": offset or 0,
+                    "unfinished": unfinished}
+        else:
+            args = {"page": page, "rows": rows, "unfinished": unfinished}
+        if socket is not None:
+            args["socket"] = socket
+        return self.admin("ls_calls", **args)
 
     def ls_call(self, id: str, result: bool = False) -> dict[str, Any]:
         """One call's record with its events (and decoded ``result`` when asked)."""
@@ -396,6 +448,14 @@ class Client:
         if result:
             args["result"] = True
         return self.admin("ls_call", **args)
+
+
+def _kind(kind: str) -> str:
+    """``kind`` in the singular; ValueError for an unknown kind."""
+    singular = kind[:-1] if kind not in KINDS and kind.endswith("s") else kind
+    if singular not in KINDS:
+        raise ValueError(f"unknown kind {kind!r} (one of: {', '.join(KINDS)})")
+    return singular
 
 
 def _outcome(reply: Any) -> Any:

@@ -6,7 +6,8 @@ Every error the client raises on purpose derives from :class:`EcctlError`::
     ├── NoDaemon        nothing answers at the endpoint
     ├── RemoteError     the user's code raised (carries type, message, traceback, call id)
     ├── ServerError     the daemon refused a request (carries the protocol error code)
-    └── CallTimeout     the deadline passed (also a :class:`TimeoutError`)
+    ├── CallTimeout     the deadline passed (also a :class:`TimeoutError`)
+    └── SpecError       a network file (``ecctl apply -f``) cannot be read or is no network spec
 """
 
 from __future__ import annotations
@@ -53,3 +54,12 @@ class CallTimeout(EcctlError, TimeoutError):
     def __init__(self, message: str, call_id: str = "") -> None:
         super().__init__(message)
         self.call_id = call_id
+
+
+class SpecError(EcctlError):
+    """A network file cannot be read, parsed, or is not a network spec; ``str()`` names the file."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.message = message

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-__all__ = ["fmt_duration", "fmt_error", "fmt_time", "page_footer", "table", "to_json",
-           "to_jsonable"]
+__all__ = ["change_line", "fmt_duration", "fmt_error", "fmt_time", "fmt_value", "page_footer",
+           "table", "to_json", "to_jsonable"]
 
 
 def fmt_time(ts: float | None) -> str:
@@ -78,10 +78,66 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def page_footer(page: int, rows: int, total: int) -> str:
-    """``Page X of N of T total records`` (seed wording)."""
-    pages = max(1, math.ceil(total / rows)) if rows > 0 else 1
+def page_footer(page: int, rows: int, total: int, pages: int | None = None) -> str:
+    """``Page X of N of T total records`` (seed wording); ``pages`` from ``total / rows`` if None."""
+    if pages is None:
+        pages = max(1, math.ceil(total / rows)) if rows > 0 else 1
     return f"Page {page} of {pages} of {total} total records"
+
+
+#: Longest text :func:`fmt_value` prints before cutting it short.
+MAX_VALUE_CHARS = 60
+_MARKS = {"add": "+", "update": "~", "delete": "-"}
+
+
+def fmt_value(value: Any) -> str:
+    """A field value on one line: ``none``, ``true``, ``2``, ``main``, ``"two words"``, ``[a, b]``.
+
+    Text is quoted (JSON style) when it is empty, has spaces or punctuation that would make the
+    line ambiguous, or reads like another type; text longer than :data:`MAX_VALUE_CHARS` is cut.
+    """
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode("utf-8", errors="backslashreplace")
+    if isinstance(value, str):
+        text = value if len(value) <= MAX_VALUE_CHARS else value[:MAX_VALUE_CHARS - 3] + "..."
+        plain = (text and text.lower() not in ("none", "null", "true", "false")
+                 and not any(c.isspace() or c in ',"\'[]{}' for c in text)
+                 and "->" not in text and not _is_number(text))
+        return text if plain else json.dumps(text, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
+    return json.dumps(to_jsonable(value), sort_keys=True, ensure_ascii=False)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def change_line(change: dict[str, Any]) -> str:
+    """One change of an ``apply`` as a diff line: ``+ queue q1``, ``- socket s9``,
+    ``~ processor p1: concurrency 1 -> 2, retries 0 -> 3``."""
+    action = change.get("action")
+    line = f"{_MARKS.get(str(action), '?')} {change.get('kind')} {change.get('name')}"
+    fields = change.get("fields") or {}
+    if action == "update" and isinstance(fields, dict) and fields:
+        parts = []
+        for key, diff in fields.items():
+            if isinstance(diff, (list, tuple)) and len(diff) == 2:
+                parts.append(f"{key} {fmt_value(diff[0])} -> {fmt_value(diff[1])}")
+            else:
+                parts.append(f"{key} {fmt_value(diff)}")
+        line += ": " + ", ".join(parts)
+    return line
 
 
 def to_jsonable(value: Any) -> Any:

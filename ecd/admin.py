@@ -1,8 +1,10 @@
-"""Admin requests (``ecctl add|ls|delete|status``): validation, the database work off the loop,
-and the merge of stored topology with what runs on this node.
+"""Admin requests (``ecctl add|ls|update|delete|proc|apply|export|status``): the database work
+off the loop, and the merge of stored topology with what runs on this node.
 
-Changes are answered only once the node has loaded the new topology, so a client that adds a
-socket and calls it right away never sees "unknown socket".
+Changes are answered only once the node has loaded the new topology (it reads just the changed
+objects), so a client that adds a socket and calls it right away never sees "unknown socket".
+When the database is unreachable every admin request fails with 503 "topology store
+unavailable: ..." while calls keep being served on the cached topology.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import protocol
 
 from . import calls as C
-from .errors import EcdError, InvalidName, NotFound, StillReferenced
+from .errors import EcdError, InvalidName, NotFound, StillReferenced, StoreUnavailable
 
 if TYPE_CHECKING:
     from .node import Node
@@ -24,16 +26,42 @@ logger = logging.getLogger(__name__)
 #: Most calls one ``ls_calls`` page may hold.
 MAX_PAGE_ROWS = 1000
 
-_MUTATIONS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
-    "add_queue": lambda store, a: store.add_queue(**a),
-    "add_processor": lambda store, a: store.add_processor(**a),
-    "add_socket": lambda store, a: store.add_socket(**a),
-    "update_processor": lambda store, a: store.update_processor(**a),
-    "delete_queue": lambda store, a: store.delete("queue", _name(a)),
-    "delete_processor": lambda store, a: store.delete("processor", _name(a)),
-    "delete_socket": lambda store, a: store.delete("socket", _name(a)),
+#: Kinds of topology objects, and the plural used by ``ls_<kinds>``.
+KINDS = {"queue": "queues", "node": "nodes", "processor": "processors", "socket": "sockets",
+         "plug": "plugs", "deployment": "deployments", "flow": "flows"}
+_LISTINGS = {plural: kind for kind, plural in KINDS.items()}
+#: ``proc_<action>`` -> the processor fields it sets.
+_PROC_FIELDS: dict[str, dict[str, Any]] = {
+    "pause": {"paused": True}, "resume": {"paused": False},
+    "stop": {"enabled": False}, "start": {"enabled": True},
 }
-_LISTINGS = {"ls_queues": "queue", "ls_processors": "processor", "ls_sockets": "socket", "ls_nodes": "node"}
+
+
+def _mutation(op: str, args: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """The store call an admin op makes, or None when ``op`` is not a topology change."""
+    action, _, kind = op.partition("_")
+    if kind in KINDS and action == "add":
+        return lambda store: store.add(kind, **args)
+    if kind in KINDS and action == "update":
+        fields = {k: v for k, v in args.items() if k != "name"}
+        return lambda store: store.update(kind, _name(args), **fields)
+    if kind in KINDS and action == "delete":
+        return lambda store: store.delete(kind, _name(args))
+    if action == "proc" and kind in _PROC_FIELDS:
+        return lambda store: store.update("processor", _name(args), **_PROC_FIELDS[kind])
+    if op == "proc_restart":
+        def restart(store: Any) -> Any:
+            current = store.get("processor", _name(args))
+            return store.update("processor", current["name"], restarts=int(current.get("restarts") or 0) + 1)
+        return restart
+    if op == "proc_remove":
+        return lambda store: store.remove_processor(_name(args))
+    if op == "apply":
+        spec = args.get("spec")
+        if not isinstance(spec, dict):
+            raise InvalidName("apply needs a spec: a map of queues, processors, sockets, ...")
+        return lambda store: store.apply(spec, dry_run=bool(args.get("dry_run")), prune=bool(args.get("prune")))
+    return None
 
 
 def _name(args: dict[str, Any]) -> str:
@@ -51,16 +79,19 @@ class AdminHandler:
 
     def handle(self, peer: "Peer", msg: protocol.Admin) -> None:
         op, args = msg.op, dict(msg.args)
-        if op in _MUTATIONS:
-            self._mutate(peer, msg.request_id, op, args)
-        elif op in _LISTINGS:
-            self._list(peer, msg.request_id, _LISTINGS[op])
+        mutation = _mutation(op, args)
+        if mutation is not None:
+            self._mutate(peer, msg.request_id, op, args, mutation)
+        elif op.startswith("ls_") and op[3:] in _LISTINGS:
+            self._list(peer, msg.request_id, _LISTINGS[op[3:]])
+        elif op == "export":
+            self._read(peer, msg.request_id, lambda store: store.export())
         elif op == "status":
             self._reply(peer, msg.request_id, self.node.status())
         elif op == "ls_calls":
-            self._reply(peer, msg.request_id, self.ls_calls(args))
+            self.ls_calls(peer, msg.request_id, args)
         elif op == "ls_call":
-            self._reply(peer, msg.request_id, self.ls_call(args))
+            self.ls_call(peer, msg.request_id, args)
         else:
             raise NotFound(f"unknown admin op '{op}'")
 
@@ -79,41 +110,89 @@ class AdminHandler:
 
     # -- topology changes -----------------------------------------------------------------------
 
-    def _mutate(self, peer: "Peer", request_id: bytes, op: str, args: dict[str, Any]) -> None:
+    def _mutate(self, peer: "Peer", request_id: bytes, op: str, args: dict[str, Any],
+                mutation: Callable[[Any], Any]) -> None:
         node = self.node
         store = node.store
-        if op == "delete_socket":
-            name = _name(args)
-            unfinished = sum(1 for record in node.active.values() if record.get("socket") == name)
-            if unfinished:
-                raise StillReferenced(
-                    f"socket '{name}' has {unfinished} unfinished call(s); delete it once they are done")
+        if op in ("delete_socket", "proc_remove"):
+            self._refuse_unfinished(op, _name(args))
+        base = node.topology.version
 
         def work() -> tuple[Any, Any]:
-            result = _MUTATIONS[op](store, args)
-            return result, store.snapshot()
+            result = mutation(store)
+            return result, store.changes_since(base)
 
         def done(outcome: Any, error: BaseException | None) -> None:
             if error is not None:
+                node.sync.note_error(error)
                 self._fail(peer, request_id, error)
                 return
-            result, snapshot = outcome
-            if snapshot.version >= node.topology.version:
-                node.topology = snapshot
-                node._reconcile()
+            result, delta = outcome
             logger.info("admin %s %s", op, args.get("name", ""))
-            self._reply(peer, request_id, self._decorate(op.split("_", 1)[1], result))
+            # answer once this node runs on the new topology: a client that adds a socket and
+            # calls it at once never sees "unknown socket"
+            self._catch_up(delta, base, lambda: self._reply(peer, request_id, self._result(op, result)))
 
         node.bg_db.submit(work, done)
 
-    def _list(self, peer: "Peer", request_id: bytes, kind: str) -> None:
-        def done(rows: Any, error: BaseException | None) -> None:
+    def _catch_up(self, delta: Any, base: int, then: Callable[[], None]) -> None:
+        sync = self.node.sync
+        current = sync.topology.version
+        if delta is not None and delta.version <= current:
+            then()
+            return
+        if delta is not None and base == current:
+            sync.absorb(delta, base)
+            then()
+            return
+
+        def work() -> Any:
+            return self.node.store.changes_since(current)
+
+        def done(newer: Any, error: BaseException | None) -> None:
+            if error is not None or newer is None:
+                if error is None:
+                    sync.request()  # the change log no longer reaches back: a full load follows
+                then()
+                return
+            self._catch_up(newer, current, then)
+
+        self.node.bg_db.submit(work, done)
+
+    def _result(self, op: str, result: Any) -> Any:
+        action, _, kind = op.partition("_")
+        if action == "proc" and isinstance(result, dict) and "gitrepo" in result:
+            return self._decorate("processor", result)
+        if kind in KINDS:
+            return self._decorate(kind, result)
+        return result
+
+    def _refuse_unfinished(self, op: str, name: str) -> None:
+        node = self.node
+        if op == "delete_socket":
+            sockets = {name}
+        else:
+            sockets = {s.name for s in node.topology.sockets.values() if s.processor == name}
+        unfinished = sum(1 for record in node.active.values() if record.get("socket") in sockets)
+        if unfinished:
+            what = f"socket '{name}'" if op == "delete_socket" else f"processor '{name}'"
+            raise StillReferenced(f"{what} has {unfinished} unfinished call(s); remove it once they are done")
+
+    def _read(self, peer: "Peer", request_id: bytes, read: Callable[[Any], Any],
+              decorate: Callable[[Any], Any] = lambda data: data) -> None:
+        def done(data: Any, error: BaseException | None) -> None:
             if error is not None:
+                self.node.sync.note_error(error)
                 self._fail(peer, request_id, error)
                 return
-            self._reply(peer, request_id, [self._decorate(kind, row) for row in rows])
+            self._reply(peer, request_id, decorate(data))
 
-        self.node.bg_db.submit(lambda: self.node.store.list(kind), done)
+        store = self.node.store
+        self.node.bg_db.submit(lambda: read(store), done)
+
+    def _list(self, peer: "Peer", request_id: bytes, kind: str) -> None:
+        self._read(peer, request_id, lambda store: store.list(kind),
+                   lambda rows: [self._decorate(kind, row) for row in rows])
 
     def _decorate(self, kind: str, row: Any) -> Any:
         """Add what only the running node knows (status, depths) to a stored object."""
@@ -138,28 +217,71 @@ class AdminHandler:
 
     # -- calls ----------------------------------------------------------------------------------
 
-    def ls_calls(self, args: dict[str, Any]) -> dict[str, Any]:
-        limit = _int_arg(args, "limit", 50, 1, MAX_PAGE_ROWS)
-        offset = _int_arg(args, "offset", 0, 0, 1 << 62)
+    def ls_calls(self, peer: "Peer", request_id: bytes, args: dict[str, Any]) -> None:
+        """A page of calls, newest first: from the database's call history (every node, across
+        restarts) when it is exported, else (or while the database is away) from this node's log."""
+        rows = _int_arg(args, "rows", _int_arg(args, "limit", 10, 1, MAX_PAGE_ROWS), 1, MAX_PAGE_ROWS)
+        if "page" in args:
+            page = _int_arg(args, "page", 1, 1, 1 << 40)
+        else:
+            page = _int_arg(args, "offset", 0, 0, 1 << 62) // rows + 1
         unfinished = bool(args.get("unfinished", False))
-        total, records = self.node.wal.recent(limit, offset, unfinished)
-        rows = []
-        for record in records:
-            fresh = self.node.active.get(record["id"], record)
-            rows.append(C.summary_view(fresh))
-        return {"total": total, "offset": offset, "limit": limit, "calls": rows}
+        socket = args.get("socket")
+        if socket is not None and (not isinstance(socket, str) or not socket):
+            raise InvalidName("socket must be a socket name")
+        history = self.node.history
+        if history is None:
+            self._reply(peer, request_id, self._local_calls(page, rows, unfinished, socket))
+            return
 
-    def ls_call(self, args: dict[str, Any]) -> dict[str, Any]:
+        def done(data: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self.node.sync.note_error(error)
+                if not isinstance(error, StoreUnavailable):
+                    self._fail(peer, request_id, error)
+                    return
+                data = self._local_calls(page, rows, unfinished, socket)
+            else:
+                data = {**data, "source": "history"}
+            self._reply(peer, request_id, data)
+
+        history.then(lambda: history.history.page(page, rows, unfinished=unfinished, socket=socket), done)
+
+    def _local_calls(self, page: int, rows: int, unfinished: bool, socket: str | None) -> dict[str, Any]:
+        offset = (page - 1) * rows
+        if socket is None:
+            total, records = self.node.wal.recent(rows, offset, unfinished)
+        else:  # filtered walk of the local log (the history is the fast path for this)
+            matching = [r for r in self.node.wal.recent(1 << 30, 0, unfinished)[1] if r.get("socket") == socket]
+            total, records = len(matching), matching[offset:offset + rows]
+        calls = [C.summary_view(self.node.active.get(record["id"], record)) for record in records]
+        return {"total": total, "page": page, "pages": max(1, -(-total // rows)), "rows": rows,
+                "offset": offset, "limit": rows, "calls": calls, "source": "local"}
+
+    def ls_call(self, peer: "Peer", request_id: bytes, args: dict[str, Any]) -> None:
         call_id = args.get("id")
         if not isinstance(call_id, str) or not call_id:
             raise InvalidName("a call id is required (--id ID)")
         record = self.node.active.get(call_id) or self.node.wal.get(call_id)
-        if record is None:
+        if record is not None:
+            view = C.public_view(record)
+            if args.get("result") and record.get("state") == C.DONE and record.get("result") is not None:
+                view["result"] = protocol.unpack(record["result"])
+            self._reply(peer, request_id, view)
+            return
+        history = self.node.history
+        if history is None:
             raise NotFound(f"unknown call id '{call_id}'")
-        view = C.public_view(record)
-        if args.get("result") and record.get("state") == C.DONE and record.get("result") is not None:
-            view["result"] = protocol.unpack(record["result"])
-        return view
+
+        def done(found: Any, error: BaseException | None) -> None:
+            if error is None and found is None:
+                error = NotFound(f"unknown call id '{call_id}'")
+            if error is not None:
+                self._fail(peer, request_id, error)
+                return
+            self._reply(peer, request_id, C.public_view(found))  # swept from the log: no result here
+
+        history.then(lambda: history.history.get(call_id), done)
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:

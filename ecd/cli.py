@@ -1,4 +1,5 @@
-"""The ``ecd`` command: ``ecd run`` starts a node in the foreground (systemd runs it this way).
+"""The ``ecd`` command: ``ecd run`` starts a node in the foreground (systemd runs it this way);
+``ecd db init|migrate|drop|dump`` manages the topology database (see :mod:`ecd.dbcli`).
 
 Options override the ``--config`` TOML file and ``EC_*`` environment variables (see
 :mod:`ecd.config`). Exit codes: 0 after a clean stop, 2 for bad configuration, 1 otherwise.
@@ -13,6 +14,7 @@ import click
 
 from . import __version__
 from .config import load_config
+from .dbcli import db
 from .errors import ConfigError, EcdError
 
 logger = logging.getLogger("ecd")
@@ -34,6 +36,12 @@ def cli() -> None:
 @click.option("--cpus", type=click.IntRange(min=1), help="CPU slots this node may keep busy. [all]")
 @click.option("--venv-dir", type=click.Path(file_okay=False), help="Virtualenv cache. [<data-dir>/venvs]")
 @click.option("--grace", type=click.FloatRange(min=0), help="Seconds running calls get on SIGTERM. [30]")
+@click.option("--history/--no-history", default=None,
+              help="Export call history to the topology database (ecctl ls calls). [on]")
+@click.option("--history-retention", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Seconds finished calls stay in the history; 0 keeps them forever. [604800]")
+@click.option("--topology-poll", type=click.FloatRange(min=0.05), metavar="SECONDS",
+              help="Seconds between topology change checks (SQLite; PostgreSQL pushes). [1]")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(config_file: str | None, **options: object) -> None:
     """Run a node in the foreground until SIGTERM."""
@@ -58,6 +66,9 @@ def run(config_file: str | None, **options: object) -> None:
         logger.error("%s", exc.message)
         sys.exit(1)
     sys.exit(code)
+
+
+cli.add_command(db)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 and the command line, in that order of precedence (each later source overrides the earlier).
 
 Environment variables: ``EC_DATA_DIR``, ``EC_LISTEN`` (comma-separated), ``EC_DB``, ``EC_NAME``,
-``EC_CPUS``, ``EC_VENV_DIR``, ``EC_LOG_LEVEL``, ``EC_GRACE``.
+``EC_CPUS``, ``EC_VENV_DIR``, ``EC_LOG_LEVEL``, ``EC_GRACE``, ``EC_HISTORY`` (``on``/``off``),
+``EC_HISTORY_RETENTION`` (seconds), ``EC_TOPOLOGY_POLL`` (seconds).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ DEFAULT_RESULT_TTL = 24 * 3600.0
 DEFAULT_MAP_SIZE = 256 << 20
 #: Seconds between topology change checks (SQLite change counter).
 DEFAULT_TOPOLOGY_POLL = 1.0
+#: Seconds finished calls stay in the database's call history.
+DEFAULT_HISTORY_RETENTION = 7 * 86400.0
+#: Seconds between call history batches.
+DEFAULT_HISTORY_INTERVAL = 0.5
 #: Seconds before a failed processor's code is prepared again.
 DEFAULT_PREPARE_RETRY = 60.0
 
@@ -47,6 +52,9 @@ class Config:
     map_size: int = DEFAULT_MAP_SIZE
     topology_poll: float = DEFAULT_TOPOLOGY_POLL
     prepare_retry: float = DEFAULT_PREPARE_RETRY
+    history: bool = True
+    history_retention: float = DEFAULT_HISTORY_RETENTION
+    history_interval: float = DEFAULT_HISTORY_INTERVAL
     log_level: str = "INFO"
 
     @property
@@ -77,7 +85,16 @@ def _coerce(name: str, value: Any) -> Any:
             if number < 0:
                 raise ValueError("must not be negative")
             return number
-        if name in ("grace", "result_ttl", "topology_poll", "prepare_retry"):
+        if name == "history":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected on or off")
+        if name in ("grace", "result_ttl", "topology_poll", "prepare_retry", "history_retention", "history_interval"):
             number = float(value)
             if number < 0:
                 raise ValueError("must not be negative")

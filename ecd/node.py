@@ -11,6 +11,7 @@ grace period, requeue the rest durably, stop workers, flush the log, close socke
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import heapq
@@ -32,11 +33,14 @@ from .admin import AdminHandler
 from .background import Background
 from .config import Config
 from .errors import ConfigError, EcdError, RepoError, WorkerError
-from .processors import FAILED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
+from .exporter import HistoryExporter
+from .history import HistoryStore
+from .processors import FAILED, PAUSED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
 from .repos import CodeLoader
 from .scheduler import Scheduler
 from .sdnotify import Notifier
 from .server import Frontend, Peer
+from .sync import TopologySync
 from .topology import TopologyStore
 from .wal import Wal
 from .workers import Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready, make_support_dir
@@ -70,6 +74,8 @@ FINAL_RETRY_DELAY = 1.0
 PREFETCH = 4
 #: Seconds a worker gets to exit after "stop" before it is killed.
 WORKER_STOP_GRACE = 2.0
+#: Seconds between the node's registrations (heartbeats) in the topology's node table.
+REGISTER_EVERY = 10.0
 
 
 class _Batch:
@@ -104,11 +110,11 @@ class Node:
         self.runtimes: dict[str, ProcessorRuntime] = {}
         self.fd_owner: dict[int, tuple[str, ProcessorRuntime, WorkerSlot]] = {}
         self.scheduler = Scheduler(config.cpus)
-        self.topology: Any = None
         self.sockets_of: dict[str, list[str]] = {}
         self._timer_seq = 0
-        self._next_topology_check = 0.0
-        self._topology_check_running = False
+        self._next_register = 0.0
+        self._registering = False
+        self.history: HistoryExporter | None = None
         self.unstored: set[str] = set()  # calls whose accept commit failed (ERROR 507 was sent)
         self.finalizing: dict[str, dict[str, Any]] = {}  # terminal records not yet durable
         self.final_retries: list[tuple[float, str]] = []  # finals to write again after a failed commit
@@ -133,20 +139,20 @@ class Node:
         self.wal.start()
         self.node_id = self.wal.node_id
         self.store = TopologyStore(cfg.db)
-        self.store.create_schema()
-        self.topology = self.store.snapshot()
+        self.bg_db = Background(threads=1, name="ecd-db")
+        self.sync = TopologySync(self.store, self.bg_db, cfg.data_dir / "topology.json", cfg.topology_poll,
+                                 lambda _topology: self._reconcile())
+        self.sync.load()
+        if cfg.history:
+            self.history = HistoryExporter(HistoryStore(self.store.engine), interval=cfg.history_interval,
+                                           retention=cfg.history_retention)
         self.loader = CodeLoader(cfg.data_dir, cfg.venv_dir)
         self.support_dir = make_support_dir(cfg.data_dir / "runtime")
-        self.bg_db = Background(threads=1, name="ecd-db")
         self.bg_code = Background(threads=2, name="ecd-code")
         self.admin = AdminHandler(self)
         recovered = self._recover()
         self.context = zmq.Context()
         self.frontend = Frontend(self.context, cfg.endpoints)
-        try:
-            self.store.register_node(cfg.name, ",".join(self.frontend.bound), cfg.cpus, __version__)
-        except EcdError as exc:
-            logger.warning("cannot register node in the topology: %s", exc)
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_r, False)
         os.set_blocking(self._sig_w, False)
@@ -156,7 +162,8 @@ class Node:
         self.poller = zmq.Poller()
         for sock in self.frontend.sockets:
             self.poller.register(sock, zmq.POLLIN)
-        for fd in (self.wal.wake_fd, self.bg_db.wake_fd, self.bg_code.wake_fd, self._sig_r):
+        extra = [*self.sync.fds, *([self.history.wake_fd] if self.history else [])]
+        for fd in (self.wal.wake_fd, self.bg_db.wake_fd, self.bg_code.wake_fd, self._sig_r, *extra):
             self.poller.register(fd, zmq.POLLIN)
         self._reconcile()
         logger.info(
@@ -165,6 +172,11 @@ class Node:
         )
         self.notifier.ready()
         self.notifier.status(f"serving on {', '.join(self.frontend.bound)}")
+
+    @property
+    def topology(self) -> Any:
+        """The topology this node serves (kept current by :class:`~ecd.sync.TopologySync`)."""
+        return self.sync.topology
 
     def _lock_data_dir(self) -> None:
         self._lock_file = open(self.config.data_dir / "ecd.lock", "a+")
@@ -233,6 +245,10 @@ class Node:
             self.bg_db.drain()
         elif fd == self.bg_code.wake_fd:
             self.bg_code.drain()
+        elif self.history is not None and fd == self.history.wake_fd:
+            self.history.drain()
+        elif fd in self.sync.fds:
+            self.sync.on_wake()
         elif fd == self._sig_r:
             try:
                 while os.read(self._sig_r, 512):
@@ -303,10 +319,13 @@ class Node:
                     next_at = min(next_at, runtime.respawn_at)
             if runtime.status == FAILED and runtime.prepare_at is not None and runtime.prepare_at <= mono:
                 self._prepare(runtime)
-        if mono >= self._next_topology_check and not self.stopping and not self._topology_check_running:
-            self._next_topology_check = mono + self.config.topology_poll
-            self._topology_check_running = True
-            self.bg_db.submit(self.store.version, self._on_topology_version)
+        if not self.stopping:
+            next_at = min(next_at, self.sync.tick(mono))
+            if mono >= self._next_register and not self._registering:
+                self._register()
+            next_at = min(next_at, self._next_register)
+        if self.history is not None:
+            next_at = min(next_at, self.history.tick(mono))
         if self.notifier.enabled:
             interval = self.notifier.watchdog_interval()
             if interval and mono >= self._next_watchdog:
@@ -533,6 +552,8 @@ class Node:
                         continue
                     del self.finalizing[call_id]
                     self.active.pop(call_id, None)
+                    if self.history is not None:
+                        self.history.note(record)
                     self.unstored.discard(call_id)
                     ended[call_id] = record
                     for peer, request_id in self.result_waiters.pop(call_id, []):
@@ -557,6 +578,8 @@ class Node:
         inline = self._inline_result(ended) if ended is not None else None
         if error is not None and ended is not None:
             error = None  # the call's final record is durable: it is stored after all
+        if error is None and record is not None and ended is None and self.history is not None:
+            self.history.note(record)
         if error is not None:
             logger.error("call %s not accepted: %s", call_id, error)
             if call_id in self.active:
@@ -586,7 +609,7 @@ class Node:
         if socket is None:
             return False
         runtime = self.runtimes.get(socket.processor)
-        return bool(runtime and runtime.status == RUNNING and runtime.idle)
+        return bool(runtime and runtime.status == RUNNING and runtime.idle and not runtime.paused)
 
     def dispatch(self) -> None:
         """Start queued calls on idle workers (one CPU slot each); then, if nothing else is
@@ -610,7 +633,7 @@ class Node:
     def _prefetch(self) -> None:
         for runtime in self.runtimes.values():
             names = self.sockets_of.get(runtime.name)
-            if not names or runtime.status != RUNNING:
+            if not names or runtime.status != RUNNING or runtime.paused:
                 continue
             if runtime.avg_duration > PREFETCH_MAX_DURATION or len(runtime.slots) > runtime.definition.concurrency:
                 continue  # long calls would hold short ones back; surplus workers must drain
@@ -618,7 +641,7 @@ class Node:
 
     def _prefetch_into(self, runtime: ProcessorRuntime, names: list[str]) -> None:
         now = time.time()
-        slots = [slot for slot in runtime.slots.values() if slot.calls and
+        slots = [slot for slot in runtime.slots.values() if slot.calls and not runtime.stale(slot) and
                  now - (self.active.get(slot.calls[0], {}).get("started") or now) <= PREFETCH_MAX_DURATION * 10]
         # one call per worker per round, and only while the backlog is deeper than the workers
         # that could take it: a worker that frees up still finds calls waiting
@@ -673,7 +696,10 @@ class Node:
             self._start_head(runtime, slot)
         else:
             self.scheduler.release()
-            if len(runtime.slots) > runtime.definition.concurrency:
+            if runtime.stale(slot):
+                self._retire(runtime, slot)  # rolled: a new worker takes its place
+                self._spawn_workers(runtime)
+            elif len(runtime.slots) > runtime.definition.concurrency:
                 self._retire(runtime, slot)  # the processor was scaled down
             else:
                 runtime.mark_idle(slot)
@@ -725,6 +751,8 @@ class Node:
             self.active[call_id] = outcome
             self.scheduler.push(outcome["socket"], call_id, due=outcome["not_before"], now=time.time())
             self.wal.submit(None, [outcome])
+            if self.history is not None:
+                self.history.note(outcome)
             return
         else:
             logger.info("call %s failed after %d attempt(s): %s", call_id, outcome["attempts"], error.get("type"))
@@ -840,27 +868,38 @@ class Node:
         C.mark_requeued(record, note, refund=True)
         self.scheduler.push_front(record["socket"], call_id)
         self.wal.submit(None, [record])
+        if self.history is not None:
+            self.history.note(record)
 
     # -- topology and code ----------------------------------------------------------------------
 
-    def _on_topology_version(self, version: Any, error: BaseException | None) -> None:
-        self._topology_check_running = False
-        if error is not None:
-            logger.warning("topology store unavailable: %s", error)
-            return
-        if self.topology is not None and version != self.topology.version:
-            self.refresh_topology()
+    def _register(self) -> None:
+        """Heartbeat into the node table (endpoint, CPUs, version, last_seen); off the loop."""
+        self._registering = True
+        cfg = self.config
+        endpoint = ",".join(self.frontend.bound)
 
-    def refresh_topology(self) -> None:
-        def done(snapshot: Any, error: BaseException | None) -> None:
+        def done(_: Any, error: BaseException | None) -> None:
+            self._registering = False
+            self._next_register = time.monotonic() + REGISTER_EVERY
             if error is not None:
-                logger.warning("cannot read the topology: %s", error)
-                return
-            if self.topology is None or snapshot.version >= self.topology.version:
-                self.topology = snapshot
-                self._reconcile()
+                self.sync.note_error(error)
+                logger.debug("cannot register node in the topology: %s", error)
 
-        self.bg_db.submit(self.store.snapshot, done)
+        self.bg_db.submit(lambda: self.store.register_node(cfg.name, endpoint, cfg.cpus, __version__), done)
+
+    def _placement(self, definition: Any) -> tuple[Any, str]:
+        """The processor as it runs here: ``(definition, "")`` with the CPUs its deployments give
+        this node, or ``(None, reason)`` when it is deployed only on other nodes. A processor
+        without deployments runs on every node with its own concurrency."""
+        deployments = [d for d in self.topology.deployments.values() if d.processor == definition.name]
+        if not deployments:
+            return definition, ""
+        mine = [d for d in deployments if d.node == self.config.name]
+        if not mine:
+            return None, f"deployed on {', '.join(sorted({d.node for d in deployments}))}"
+        cpus = sum(d.cpus or definition.concurrency for d in mine)
+        return dataclasses.replace(definition, concurrency=cpus), ""
 
     def _reconcile(self) -> None:
         """Bring the processors running here in line with the topology."""
@@ -876,32 +915,52 @@ class Node:
                 runtime.status = STOPPED
                 self._stop_workers(runtime, "Requeued: processor removed")
                 logger.info("processor %s removed", name)
-        for name, definition in wanted.items():
+        for name, stored in wanted.items():
+            definition, elsewhere = self._placement(stored)
             runtime = self.runtimes.get(name)
-            if not getattr(definition, "enabled", True):
-                if runtime is not None and runtime.status != STOPPED:
-                    runtime.status, runtime.reason = STOPPED, "disabled"
-                    runtime.definition = definition
-                    self._stop_workers(runtime, "Requeued: processor disabled")
-                elif runtime is None:
-                    runtime = self.runtimes[name] = ProcessorRuntime(definition, status=STOPPED, reason="disabled")
-                continue
-            if runtime is not None and runtime.status == STOPPED:
-                runtime.definition = definition
-                self._prepare(runtime)
+            if definition is None or not definition.enabled:
+                reason = elsewhere or "stopped by an operator (ecctl proc start resumes it)"
+                if runtime is None:
+                    self.runtimes[name] = ProcessorRuntime(definition or stored, status=STOPPED, reason=reason)
+                else:
+                    runtime.definition, runtime.reason = definition or stored, reason
+                    if runtime.status != STOPPED:
+                        runtime.status = STOPPED
+                        self._stop_workers(runtime, "Requeued: processor stopped")
+                        logger.info("processor %s stopped here: %s", name, reason)
                 continue
             if runtime is None:
                 runtime = self.runtimes[name] = ProcessorRuntime(definition)
                 self._prepare(runtime)
                 continue
             old, runtime.definition = runtime.definition, definition
-            code_changed = (old.gitrepo, old.branch, old.commit, old.requirements, old.module) != (
-                definition.gitrepo, definition.branch, definition.commit, definition.requirements, definition.module)
-            if code_changed:
-                self._stop_workers(runtime, "Requeued: processor code changed")
+            if runtime.status == STOPPED:
                 self._prepare(runtime)
+                continue
+            code_changed = (old.gitrepo, old.branch, old.commit, old.tag, old.requirements, old.module) != (
+                definition.gitrepo, definition.branch, definition.commit, definition.tag, definition.requirements,
+                definition.module)
+            if code_changed:
+                self._prepare(runtime, rolling=True)
+            elif old.restarts != definition.restarts:
+                if runtime.status == FAILED:
+                    self._prepare(runtime)
+                else:
+                    self._roll(runtime)
             elif old.concurrency != definition.concurrency:
                 self._resize(runtime)
+            if old.paused != definition.paused:
+                logger.info("processor %s %s", name, "paused: calls queue until it is resumed" if definition.paused else "resumed")
+
+    def _roll(self, runtime: ProcessorRuntime) -> None:
+        """Replace every worker without failing a call: idle ones stop now, busy ones once their
+        calls end; new ones start as the old ones go (never more busy than the CPUs)."""
+        runtime.worker_generation += 1
+        logger.info("rolling the workers of processor %s", runtime.name)
+        for slot in list(runtime.slots.values()):
+            if not slot.calls:
+                self._retire(runtime, slot)
+        self._spawn_workers(runtime)
 
     def _resize(self, runtime: ProcessorRuntime) -> None:
         surplus = len(runtime.slots) - runtime.definition.concurrency
@@ -913,10 +972,15 @@ class Node:
             surplus -= 1
         self._spawn_workers(runtime)
 
-    def _prepare(self, runtime: ProcessorRuntime) -> None:
+    def _prepare(self, runtime: ProcessorRuntime, rolling: bool = False) -> None:
+        """Clone and install the processor's code off the loop, then start its workers. With
+        ``rolling`` (new code for a running processor) the old workers keep serving until the
+        new code is ready, then roll over to it."""
         runtime.generation += 1
         generation = runtime.generation
-        runtime.status, runtime.reason, runtime.code, runtime.prepare_at = PENDING, "", None, None
+        rolling = rolling and runtime.status == RUNNING and runtime.code is not None
+        if not rolling:
+            runtime.status, runtime.reason, runtime.code, runtime.prepare_at = PENDING, "", None, None
         spec = runtime.code_spec()
         logger.info("preparing code of processor %s from %s", runtime.name, spec.gitrepo)
 
@@ -926,9 +990,13 @@ class Node:
             if error is not None:
                 reason = error.message if isinstance(error, RepoError) else f"{type(error).__name__}: {error}"
                 runtime.fail(reason, self.config.prepare_retry)
+                self._stop_workers(runtime, "Requeued: processor failed")
                 return
             runtime.code = code
-            self._spawn_workers(runtime)
+            if rolling:
+                self._roll(runtime)
+            else:
+                self._spawn_workers(runtime)
 
         self.bg_code.submit(lambda: self.loader.prepare(spec), done)
 
@@ -953,6 +1021,10 @@ class Node:
         loader = getattr(self, "loader", None)
         if loader is not None:
             loader.cancel()  # a long pip install must not hold the exit
+        self._flush_history()
+        sync = getattr(self, "sync", None)
+        if sync is not None:
+            sync.close()
         for bg in (getattr(self, "bg_db", None), getattr(self, "bg_code", None)):
             if bg is not None:
                 bg.close(wait=False)
@@ -993,7 +1065,21 @@ class Node:
             "queues": [{"name": name, "depth": queue_depth.get(name, 0)} for name in sorted(self.topology.queues)],
             "sockets": [{"name": name, "depth": depths.get(name, 0)} for name in sorted(self.topology.sockets)],
             "wal": self.wal.stats(),
+            "topology": self.sync.status(),
+            "history": self.history.status() if self.history is not None else {"enabled": False},
         }
+
+    def _flush_history(self) -> None:
+        """At stop: write the call history still pending, if the store is there (bounded wait)."""
+        history = self.history
+        if history is None:
+            return
+        history.close()
+        if history.pending and self.sync.store_ok:
+            try:
+                history.history.write(list(history.pending.values()))
+            except EcdError as exc:
+                logger.warning("call history of %d call(s) not exported at stop: %s", len(history.pending), exc)
 
 
 def storage_error(exc: OSError) -> bool:

@@ -1,6 +1,8 @@
 """The running side of a processor on this node: its prepared code, its worker processes, which
-of them are idle, which call each busy one runs, and its status (pending, running, failed,
-stopped) with a reason users can read.
+of them are idle, which call each busy one runs, and its status (pending, running, paused,
+failed, stopped) with a reason users can read. Workers carry the generation they were started
+in; a roll (new code, ``ecctl proc restart``) bumps the processor's generation, and older workers
+retire as soon as they have no call.
 
 The node owns the event loop; a :class:`ProcessorRuntime` only keeps the bookkeeping and starts or
 stops processes when told to.
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 PENDING = "pending"  # code being cloned / installed, or workers starting
 RUNNING = "running"
+PAUSED = "paused"  # shown only: a running processor whose definition says paused (runs no call)
 FAILED = "failed"
 STOPPED = "stopped"
 
@@ -40,6 +43,7 @@ class WorkerSlot:
     calls: deque[str] = field(default_factory=deque)
     deadline: float | None = None  # time limit of the running (head) call
     spawned: float = field(default_factory=time.monotonic)
+    generation: int = 0  # the processor's worker generation when this worker started
 
     @property
     def call_id(self) -> str | None:
@@ -63,6 +67,7 @@ class ProcessorRuntime:
     generation: int = 0  # bumps on every (re)prepare so stale results are ignored
     avg_duration: float = 0.0  # moving average of call run times (seconds)
     early_exits: int = 0  # workers in a row that died before their module was imported
+    worker_generation: int = 0  # bumps on every roll; workers of older generations retire
 
     @property
     def name(self) -> str:
@@ -70,7 +75,16 @@ class ProcessorRuntime:
 
     def code_spec(self) -> CodeSpec:
         d = self.definition
-        return CodeSpec(gitrepo=d.gitrepo, branch=d.branch, commit=d.commit, requirements=d.requirements)
+        commit = d.commit or (f"refs/tags/{d.tag}" if getattr(d, "tag", None) else None)
+        return CodeSpec(gitrepo=d.gitrepo, branch=d.branch, commit=commit, requirements=d.requirements)
+
+    @property
+    def paused(self) -> bool:
+        return bool(getattr(self.definition, "paused", False))
+
+    def stale(self, slot: WorkerSlot) -> bool:
+        """Was ``slot`` started before the last roll?"""
+        return slot.generation != self.worker_generation
 
     @property
     def busy(self) -> int:
@@ -92,7 +106,7 @@ class ProcessorRuntime:
                 registry=registry,
             )
             process.spawn()
-            slot = WorkerSlot(process)
+            slot = WorkerSlot(process, generation=self.worker_generation)
             self.slots[process.pid] = slot
             started.append(slot)
         return started
@@ -101,7 +115,7 @@ class ProcessorRuntime:
         while self.idle:
             pid = self.idle.pop()
             slot = self.slots.get(pid)
-            if slot is not None and slot.ready and slot.call_id is None:
+            if slot is not None and slot.ready and slot.call_id is None and not self.stale(slot):
                 return slot
         return None
 
@@ -141,7 +155,7 @@ class ProcessorRuntime:
         """Runtime fields merged into ``ecctl ls processors`` / ``ecctl status``."""
         busy = self.busy
         return {
-            "status": self.status,
+            "status": PAUSED if self.status == RUNNING and self.paused else self.status,
             "reason": self.reason,
             "resolved_commit": self.code.commit if self.code else None,
             "workers": len(self.slots),

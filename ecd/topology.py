@@ -1,158 +1,111 @@
-"""Topology store: queues, processors, sockets and nodes in a SQL database.
+"""Topology store: the network (queues, nodes, processors, sockets, plugs, deployments, flows) in SQL.
 
-This is the only module of ``ecd`` that imports SQLAlchemy. It keeps the user's object model
-(``queue``, ``processor``, ``socket``, ``node``) and a one-row ``meta`` table whose ``version``
-counter is incremented in the same transaction as every change, so a daemon can poll
-:meth:`TopologyStore.version` cheaply and take a consistent :meth:`TopologyStore.snapshot` when it
-moved.
+The tables are declared in :mod:`ecd.schema` and made by the Alembic migrations in
+``ecd/migrations`` (:meth:`TopologyStore.ensure_schema`). The kinds, their fields and checks, and
+apply/export of whole specs live in :mod:`ecd.netspec` (pure logic); this module stores.
 
 Design choices:
 
 * Every method opens its own short :class:`~sqlalchemy.orm.Session`, so one store can be used from
   several threads. Methods are synchronous; the daemon calls them off its event loop.
-* Results are plain dicts of JSON-friendly values; times are UNIX seconds (float).
+* Results are plain dicts of JSON-friendly values (references by name); times are UNIX seconds.
 * Names are validated (1..200 of ``[A-Za-z0-9._-]``, starting with a letter or digit), stored
-  verbatim and always bound as parameters.
-* Deleting a queue or a processor still used by a socket raises :class:`StillReferenced`: the
-  user deletes the sockets first (nothing disappears by cascade behind their back).
-* :meth:`TopologyStore.register_node` bumps the version only when a node is new or its endpoint,
-  cpus or version changed; a heartbeat that only refreshes ``last_seen`` does not.
-* SQLite: foreign keys on, WAL journal, a busy timeout, and write transactions start with
-  ``BEGIN IMMEDIATE`` so two processes on one file queue up instead of failing on lock upgrade.
-  PostgreSQL: snapshots run at REPEATABLE READ; the version row lock serialises writers.
+  verbatim and always bound as parameters. Free text (descriptions) is stored verbatim.
+* Deleting something still referenced raises :class:`StillReferenced` naming every referrer:
+  nothing disappears by cascade behind the user's back (:meth:`TopologyStore.remove_processor`
+  is the one explicit cascade).
+* Every write transaction first locks the ``meta`` row (SQLite: ``BEGIN IMMEDIATE``), so writers
+  are serialised and checks such as plug cycles see everything committed before them. Each
+  touched object moves ``meta.version`` by one and gets a ``change`` row with that version; on
+  PostgreSQL ``pg_notify('ec_topology', '<version>')`` is sent in the same transaction (delivered
+  at commit). The change log keeps the newest :data:`CHANGE_LOG_KEEP` versions, so a node can
+  ask :meth:`TopologyStore.changes_since` for the objects changed after the version it holds.
+* Updates that change nothing, and node heartbeats that only refresh ``last_seen``, do not move
+  the version.
+* Snapshots and deltas are read in one transaction (REPEATABLE READ on PostgreSQL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import keyword
 import logging
-import math
-import re
+import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from ecd import netspec
 from ecd.errors import AlreadyExists, InvalidName, NotFound, StillReferenced, StoreUnavailable, TopologyError
+from ecd.migrations import SCRIPT_LOCATION
+from ecd.netspec import (
+    FIELDS,
+    KINDS,
+    MAX_CPUS,
+    PLUG_TYPES,
+    QUEUE_TYPES,
+    REFS,
+    check_commit_tag,
+    check_fields,
+    check_int,
+    check_kind,
+    check_name,
+    check_token,
+)
+from ecd.schema import (
+    ChangeModel,
+    DeploymentModel,
+    FlowModel,
+    FlowProcessorModel,
+    MetaModel,
+    NodeModel,
+    PlugModel,
+    ProcessorModel,
+    QueueModel,
+    SocketModel,
+)
 
 __all__ = [
     "KINDS",
+    "PLUG_TYPES",
     "QUEUE_TYPES",
+    "DeploymentDef",
+    "FlowDef",
+    "NodeDef",
+    "PlugDef",
     "ProcessorDef",
     "QueueDef",
     "SocketDef",
     "Topology",
+    "TopologyDelta",
     "TopologyStore",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Kinds accepted by get/list; delete accepts all but ``node``.
-KINDS = ("queue", "processor", "socket", "node")
-#: Allowed queue types.
-QUEUE_TYPES = ("direct", "topic", "fanout")
-#: Upper bounds of numeric fields.
-MAX_CONCURRENCY = 1024
-MAX_RETRIES = 1_000_000
-MAX_INT32 = 2**31 - 1
-MAX_SECONDS = 10.0 * 365 * 86400
 #: Milliseconds SQLite waits for a lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: Seconds a PostgreSQL connection attempt may take.
+PG_CONNECT_TIMEOUT = 5
+#: How many of the newest versions the change log keeps.
+CHANGE_LOG_KEEP = 10_000
+#: The PostgreSQL NOTIFY channel that carries the new version after each change.
+NOTIFY_CHANNEL = "ec_topology"
+#: pg_advisory_xact_lock key held while migrating (ASCII "ecschema").
+SCHEMA_LOCK_KEY = 0x6563736368656D61
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
-_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-_COMMIT_RE = re.compile(r"[0-9a-fA-F]{4,64}", re.ASCII)
-
-
-# --------------------------------------------------------------------------- models
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the topology models."""
-
-
-def _uuid() -> str:
-    return str(uuid.uuid4())
+#: Alembic's command functions drive module-level proxies: one migration per process at a time.
+_MIGRATE_LOCK = threading.Lock()
 
 
-class _Common:
-    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=_uuid, sort_order=-4)
-    name: Mapped[str] = mapped_column(sa.String(200), unique=True, nullable=False, sort_order=-3)
-    created: Mapped[float] = mapped_column(sa.Float, nullable=False, default=time.time, sort_order=-2)
-    updated: Mapped[float] = mapped_column(sa.Float, nullable=False, default=time.time, sort_order=-1)
-
-
-class MetaModel(Base):
-    """The single change-counter row (id = 1)."""
-
-    __tablename__ = "meta"
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
-    version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
-
-
-class NodeModel(_Common, Base):
-    """An ecd daemon that registered itself."""
-
-    __tablename__ = "node"
-    endpoint: Mapped[str] = mapped_column(sa.String(500), nullable=False)
-    cpus: Mapped[int] = mapped_column(sa.Integer, nullable=False)
-    version: Mapped[str] = mapped_column(sa.String(100), nullable=False)
-    last_seen: Mapped[float] = mapped_column(sa.Float, nullable=False)
-
-
-class QueueModel(_Common, Base):
-    """A named queue calls are routed through."""
-
-    __tablename__ = "queue"
-    type: Mapped[str] = mapped_column(sa.String(20), nullable=False, default="direct")
-    durable: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=True)
-    max_length: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
-    message_ttl: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
-
-
-class ProcessorModel(_Common, Base):
-    """User code loaded from git and run by workers."""
-
-    __tablename__ = "processor"
-    gitrepo: Mapped[str] = mapped_column(sa.String(2000), nullable=False)
-    module: Mapped[str] = mapped_column(sa.String(200), nullable=False)
-    branch: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
-    commit: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    requirements: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
-    concurrency: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=1)
-    retries: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
-    retry_delay: Mapped[float] = mapped_column(sa.Float, nullable=False, default=1.0)
-    timelimit: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
-    description: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
-    enabled: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=True)
-
-
-class SocketModel(_Common, Base):
-    """Binds a processor's function to a queue; callers address sockets by name."""
-
-    __tablename__ = "socket"
-    processor_id: Mapped[str] = mapped_column(sa.ForeignKey("processor.id"), nullable=False, index=True)
-    queue_id: Mapped[str] = mapped_column(sa.ForeignKey("queue.id"), nullable=False, index=True)
-    function: Mapped[str] = mapped_column(sa.String(200), nullable=False)
-    interval: Mapped[float | None] = mapped_column(sa.Float, nullable=True)  # reserved
-    cron: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)  # reserved
-
-
-_MODELS: dict[str, type[_Common]] = {
-    "queue": QueueModel,
-    "processor": ProcessorModel,
-    "socket": SocketModel,
-    "node": NodeModel,
-}
-
-
-# --------------------------------------------------------------------------- snapshot
+# --------------------------------------------------------------------------- snapshot types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +118,19 @@ class QueueDef:
     durable: bool
     max_length: int | None
     message_ttl: int | None
+    description: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeDef:
+    """A node as seen in a snapshot (``last_seen`` is left out: heartbeats do not change it)."""
+
+    id: str
+    name: str
+    endpoint: str
+    cpus: int
+    version: str
+    description: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +150,10 @@ class ProcessorDef:
     timelimit: float | None
     description: str | None
     enabled: bool
+    tag: str | None
+    rate_limit: str | None
+    paused: bool
+    restarts: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +167,50 @@ class SocketDef:
     function: str
     interval: float | None
     cron: str | None
+    description: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PlugDef:
+    """A plug as seen in a snapshot; ``source``, ``target`` (sockets) and ``queue`` are names."""
+
+    id: str
+    name: str
+    source: str
+    target: str
+    argument: str | None
+    type: str
+    queue: str
+    description: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentDef:
+    """A deployment as seen in a snapshot; ``processor`` and ``node`` are names."""
+
+    id: str
+    name: str
+    processor: str
+    node: str
+    cpus: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowDef:
+    """A flow as seen in a snapshot; ``processors`` are names, sorted."""
+
+    id: str
+    name: str
+    description: str | None
+    processors: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologyDelta:
+    """The objects changed after some version: ``changed[kind][name]`` is the new Def or None (deleted)."""
+
+    version: int
+    changed: dict[str, dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,125 +218,321 @@ class Topology:
     """A consistent view of the whole topology at change ``version``."""
 
     version: int
-    processors: dict[str, ProcessorDef]
-    sockets: dict[str, SocketDef]
-    queues: dict[str, QueueDef]
+    queues: dict[str, QueueDef] = dataclasses.field(default_factory=dict)
+    nodes: dict[str, NodeDef] = dataclasses.field(default_factory=dict)
+    processors: dict[str, ProcessorDef] = dataclasses.field(default_factory=dict)
+    sockets: dict[str, SocketDef] = dataclasses.field(default_factory=dict)
+    plugs: dict[str, PlugDef] = dataclasses.field(default_factory=dict)
+    deployments: dict[str, DeploymentDef] = dataclasses.field(default_factory=dict)
+    flows: dict[str, FlowDef] = dataclasses.field(default_factory=dict)
+
+    def apply(self, delta: TopologyDelta) -> Topology:
+        """This topology with ``delta`` applied (a new object; this one is left alone)."""
+        parts = {f"{kind}s": dict(getattr(self, f"{kind}s")) for kind in KINDS}
+        for kind, items in delta.changed.items():
+            target = parts[f"{kind}s"]
+            for name, value in items.items():
+                if value is None:
+                    target.pop(name, None)
+                else:
+                    target[name] = value
+        return Topology(version=delta.version, **parts)
 
 
-# --------------------------------------------------------------------------- validation
+_MODELS: dict[str, Any] = {
+    "queue": QueueModel, "node": NodeModel, "processor": ProcessorModel, "socket": SocketModel,
+    "plug": PlugModel, "deployment": DeploymentModel, "flow": FlowModel,
+}  # fmt: skip
+#: Key order of the dicts returned: common columns, then the fields as FIELDS lists them.
+_FIELD_ORDER = {kind: ("id", "name", "created", "updated", *FIELDS[kind]) for kind in KINDS}
+_DEFS: dict[str, type] = {
+    "queue": QueueDef, "node": NodeDef, "processor": ProcessorDef, "socket": SocketDef,
+    "plug": PlugDef, "deployment": DeploymentDef, "flow": FlowDef,
+}  # fmt: skip
 
 
-def _check_name(value: Any, what: str = "name") -> str:
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise InvalidName(
-            f"invalid {what} {value!r}: use 1..200 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return value
+# --------------------------------------------------------------------------- reading rows
 
 
-def _check_module(value: Any) -> str:
-    parts = value.split(".") if isinstance(value, str) else []
-    if (
-        not parts
-        or len(value) > 200
-        or not all(_IDENT_RE.fullmatch(p) and not keyword.iskeyword(p) for p in parts)
-    ):
-        raise InvalidName(f"invalid module {value!r}: expected a dotted python path like 'pkg.mod'")
-    return value
+def _chunks(names: Iterable[str], size: int = 500) -> Iterator[list[str]]:
+    items = sorted(names)
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
-def _check_function(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 200 or not _IDENT_RE.fullmatch(value) or keyword.iskeyword(value):
-        raise InvalidName(f"invalid function {value!r}: expected a python identifier")
-    return value
+def _load(session: Session, kind: str, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Objects of ``kind`` as dicts (references by name), sorted by name; ``names`` filters."""
+    if names is not None:
+        return sorted((row for chunk in _chunks(names) for row in _load_where(session, kind, chunk)),
+                      key=lambda row: row["name"])
+    return _load_where(session, kind, None)
 
 
-def _check_token(value: Any, what: str, max_len: int, optional: bool) -> str | None:
-    """A non-empty string without whitespace or control characters."""
-    if value is None and optional:
-        return None
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= max_len
-        or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value)
-    ):
-        raise InvalidName(f"invalid {what} {value!r}: 1..{max_len} characters, no whitespace or control characters")
-    if value.startswith("-"):
-        raise InvalidName(f"invalid {what} {value!r}: must not start with '-'")
-    return value
+def _load_where(session: Session, kind: str, names: list[str] | None) -> list[dict[str, Any]]:
+    model = _MODELS[kind]
+    stmt = sa.select(model)
+    for field, ref_kind in REFS[kind].items():
+        ref = aliased(_MODELS[ref_kind])
+        stmt = stmt.join(ref, getattr(model, f"{field}_id") == ref.id).add_columns(ref.name)
+    if names is not None:
+        stmt = stmt.where(model.name.in_(names))
+    skip = {f"{field}_id" for field in REFS[kind]}
+    columns = [c.key for c in sa.inspect(model).column_attrs if c.key not in skip]
+    out = []
+    for row in session.execute(stmt.order_by(model.name)):
+        values = {key: getattr(row[0], key) for key in columns}
+        values.update(zip(REFS[kind], row[1:]))
+        item = {key: values[key] for key in _FIELD_ORDER[kind] if key in values}  # user's order
+        item.update(values)
+        out.append(item)
+    if kind == "flow" and out:
+        members: dict[str, list[str]] = {item["id"]: [] for item in out}
+        for flow_id, proc in session.execute(
+            sa.select(FlowProcessorModel.flow_id, ProcessorModel.name)
+            .join(ProcessorModel, FlowProcessorModel.processor_id == ProcessorModel.id)
+            .where(FlowProcessorModel.flow_id.in_(list(members)))
+        ):
+            members[flow_id].append(proc)
+        for item in out:
+            item["processors"] = sorted(members[item["id"]])
+    return out
 
 
-def _check_text(value: Any, what: str, max_len: int = 100_000) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > max_len or "\x00" in value:
-        raise InvalidName(f"invalid {what}: expected text of at most {max_len} characters")
-    return value
+def _as_def(kind: str, item: dict[str, Any]) -> Any:
+    """Build the frozen ``*Def`` of ``kind`` from the matching keys of ``item``."""
+    cls = _DEFS[kind]
+    values = {f.name: item[f.name] for f in dataclasses.fields(cls)}
+    if kind == "flow":
+        values["processors"] = tuple(values["processors"])
+    return cls(**values)
 
 
-def _check_int(value: Any, what: str, lo: int, hi: int, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidName(f"invalid {what} {value!r}: expected an integer in {lo}..{hi}")
-    return value
+# --------------------------------------------------------------------------- one write transaction
 
 
-def _check_float(value: Any, what: str, lo: float, positive: bool = False, optional: bool = False) -> float | None:
-    if value is None and optional:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < lo
-        or (positive and value <= 0)
-        or value > MAX_SECONDS
-    ):
-        rel = "> 0" if positive else f">= {lo}"
-        raise InvalidName(f"invalid {what} {value!r}: expected a number {rel} and <= {MAX_SECONDS:.0f}")
-    return float(value)
+class _Writer:
+    """The writes of one transaction; records what it touched for the change log."""
+
+    def __init__(self, session: Session, postgres: bool, keep: int) -> None:
+        self.session = session
+        self.postgres = postgres
+        self.keep = keep
+        self.version = 0
+        self.touched: dict[tuple[str, str], str] = {}
+
+    def lock(self) -> None:
+        """Take the writers' lock (the meta row) and read the current version."""
+        version = self.session.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1).with_for_update())
+        if version is None:
+            raise StoreUnavailable("topology store unavailable: schema missing (run ensure_schema)")
+        self.version = int(version)
+
+    def touch(self, kind: str, name: str, op: str) -> None:
+        self.touched.pop((kind, name), None)
+        self.touched[(kind, name)] = op
+
+    def finish(self) -> None:
+        """One version and one change row per touched object; NOTIFY; trim the log."""
+        if not self.touched:
+            return
+        session, first = self.session, self.version + 1
+        self.version += len(self.touched)
+        session.execute(sa.update(MetaModel).where(MetaModel.id == 1).values(version=self.version))
+        now = time.time()
+        session.execute(sa.insert(ChangeModel), [
+            {"version": first + i, "kind": kind, "name": name, "op": op, "time": now}
+            for i, ((kind, name), op) in enumerate(self.touched.items())
+        ])  # fmt: skip
+        session.execute(sa.delete(ChangeModel).where(ChangeModel.version <= self.version - self.keep))
+        if self.postgres:
+            session.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(self.version))))
+
+    # ------------------------------------------------------------------ lookups
+
+    def find(self, kind: str, name: str) -> Any:
+        model = _MODELS[kind]
+        return self.session.scalars(sa.select(model).where(model.name == name)).one_or_none()
+
+    def require(self, kind: str, name: str) -> Any:
+        obj = self.find(kind, name)
+        if obj is None:
+            raise NotFound(f"{kind} {name!r} does not exist")
+        return obj
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        rows = _load(self.session, kind, [name])
+        if not rows:
+            raise NotFound(f"{kind} {name!r} does not exist")
+        return rows[0]
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return _load(self.session, kind)
+
+    def _names(self, model: Any, *where: Any) -> list[str]:
+        return list(self.session.scalars(sa.select(model.name).where(*where).order_by(model.name)))
+
+    # ------------------------------------------------------------------ changes
+
+    def add(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(fields)
+        name = check_name(fields.pop("name", None), f"{kind} name")
+        values = check_fields(kind, fields, add=True)
+        if self.find(kind, name) is not None:
+            raise AlreadyExists(f"{kind} {name!r} already exists")
+        check_commit_tag(kind, name, values)
+        now = time.time()
+        obj = _MODELS[kind](name=name, created=now, updated=now)
+        if kind == "node":
+            obj.last_seen = 0.0
+        self._assign(kind, obj, values)
+        self.session.add(obj)
+        self.session.flush()
+        self._after_write(kind, obj, values)
+        self.touch(kind, name, "upsert")
+        log.info("added %s %r", kind, name)
+        out = {"id": obj.id, "name": name, "created": now, "updated": now, **values}
+        if kind == "node":
+            out["last_seen"] = 0.0
+        return {key: out[key] for key in _FIELD_ORDER[kind]} | out  # what get() would read back
+
+    def update(self, kind: str, name: str, fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        """Change some fields; returns the new dict and ``{field: [old, new]}`` of what changed."""
+        check_name(name, f"{kind} name")
+        fields = dict(fields)
+        if "name" in fields and fields.pop("name") != name:
+            raise InvalidName(f"cannot rename {kind} {name!r}: renaming is not supported")
+        values = check_fields(kind, fields, add=False)
+        obj = self.require(kind, name)
+        old = self.get(kind, name)
+        diff = {key: [old[key], value] for key, value in values.items() if old[key] != value}
+        if not diff:
+            return old, {}
+        check_commit_tag(kind, name, {**old, **values})
+        changed = {key: values[key] for key in diff}
+        self._assign(kind, obj, changed)
+        obj.updated = time.time()
+        self.session.flush()
+        self._after_write(kind, obj, changed)
+        self.touch(kind, name, "upsert")
+        log.info("updated %s %r: %s", kind, name, ", ".join(diff))
+        return self.get(kind, name), diff
+
+    def _assign(self, kind: str, obj: Any, values: dict[str, Any]) -> None:
+        refs = REFS[kind]
+        for key, value in values.items():
+            if key in refs:
+                setattr(obj, f"{key}_id", self.require(refs[key], value).id)
+            elif key != "processors":
+                setattr(obj, key, value)
+
+    def _after_write(self, kind: str, obj: Any, values: dict[str, Any]) -> None:
+        if kind == "flow" and "processors" in values:
+            ids = [self.require("processor", proc).id for proc in values["processors"]]
+            self.session.execute(sa.delete(FlowProcessorModel).where(FlowProcessorModel.flow_id == obj.id))
+            if ids:
+                self.session.execute(sa.insert(FlowProcessorModel),
+                                     [{"flow_id": obj.id, "processor_id": pid} for pid in ids])
+        if kind == "plug" and ("source" in values or "target" in values):
+            self._check_cycle(obj)
+
+    def _check_cycle(self, plug: PlugModel) -> None:
+        """Refuse ``plug`` when its target already reaches its source through plugs."""
+        edges: dict[str, set[str]] = {}
+        for source, target in self.session.execute(sa.select(PlugModel.source_id, PlugModel.target_id)):
+            edges.setdefault(source, set()).add(target)
+        parent: dict[str, str | None] = {plug.target_id: None}
+        frontier = [plug.target_id]
+        while frontier and plug.source_id not in parent:
+            nxt = []
+            for node in frontier:
+                for target in sorted(edges.get(node, ())):
+                    if target not in parent:
+                        parent[target] = node
+                        nxt.append(target)
+            frontier = nxt
+        if plug.source_id not in parent:
+            return
+        path, at = [], plug.source_id
+        while at is not None:
+            path.append(at)
+            at = parent[at]
+        path = [plug.source_id, *reversed(path)]
+        rows = self.session.execute(sa.select(SocketModel.id, SocketModel.name).where(SocketModel.id.in_(path)))
+        names = {socket_id: name for socket_id, name in rows}
+        raise TopologyError(f"plug {plug.name!r} would make a cycle: {' -> '.join(names[i] for i in path)}")
+
+    def referrers(self, kind: str, obj: Any) -> dict[str, list[str]]:
+        """Who references ``obj``: ``{referring kind: [names]}`` in kind order, only non-empty."""
+        out: dict[str, list[str]] = {}
+        for other in KINDS:
+            model = _MODELS[other]
+            columns = [getattr(model, f"{field}_id") for field, ref in REFS[other].items() if ref == kind]
+            names = self._names(model, sa.or_(*(c == obj.id for c in columns))) if columns else []
+            if other == "flow" and kind == "processor":
+                member = sa.select(FlowProcessorModel.flow_id).where(FlowProcessorModel.processor_id == obj.id)
+                names = self._names(FlowModel, FlowModel.id.in_(member))
+            if names:
+                out[other] = names
+        return out
+
+    def delete(self, kind: str, name: str) -> dict[str, Any]:
+        obj = self.require(kind, name)
+        users = self.referrers(kind, obj)
+        if users:
+            used = "; ".join(f"{other}(s): {', '.join(names)}" for other, names in users.items())
+            raise StillReferenced(f"{kind} {name!r} is used by {used}")
+        out = self.get(kind, name)
+        if kind == "flow":
+            self.session.execute(sa.delete(FlowProcessorModel).where(FlowProcessorModel.flow_id == obj.id))
+        self.session.delete(obj)
+        self.session.flush()
+        self.touch(kind, name, "delete")
+        log.info("deleted %s %r", kind, name)
+        return out
+
+    def remove_processor(self, name: str) -> dict[str, Any]:
+        proc = self.require("processor", name)
+        socket_ids = sa.select(SocketModel.id).where(SocketModel.processor_id == proc.id)
+        gone = {
+            "plug": self._names(PlugModel, sa.or_(PlugModel.source_id.in_(socket_ids),
+                                                  PlugModel.target_id.in_(socket_ids))),
+            "socket": self._names(SocketModel, SocketModel.processor_id == proc.id),
+            "deployment": self._names(DeploymentModel, DeploymentModel.processor_id == proc.id),
+        }
+        member = sa.select(FlowProcessorModel.flow_id).where(FlowProcessorModel.processor_id == proc.id)
+        flows = self._names(FlowModel, FlowModel.id.in_(member))
+        for kind in ("plug", "socket", "deployment"):
+            for item in gone[kind]:
+                self.delete(kind, item)
+        self.session.execute(sa.delete(FlowProcessorModel).where(FlowProcessorModel.processor_id == proc.id))
+        for flow in flows:
+            self.touch("flow", flow, "upsert")
+        self.delete("processor", name)
+        return {"processor": name, "sockets": gone["socket"], "plugs": gone["plug"],
+                "deployments": gone["deployment"], "flows": flows}
+
+    def register_node(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        obj = self.find("node", name)
+        if obj is None:
+            obj = NodeModel(name=name, created=now, updated=now, last_seen=now, **values)
+            self.session.add(obj)
+            changed = True
+        else:
+            changed = any(getattr(obj, key) != value for key, value in values.items())
+            for key, value in values.items():
+                setattr(obj, key, value)
+            obj.last_seen = now
+            if changed:
+                obj.updated = now
+        self.session.flush()
+        if changed:
+            self.touch("node", name, "upsert")
+        return self.get("node", name)
 
 
-def _check_bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidName(f"invalid {what} {value!r}: expected true or false")
-    return value
-
-
-def _check_commit(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _COMMIT_RE.fullmatch(value):
-        raise InvalidName(f"invalid commit {value!r}: expected 4..64 hex digits")
-    return value
-
-
-_PROCESSOR_CHECKS: dict[str, Any] = {
-    "gitrepo": lambda v: _check_token(v, "gitrepo", 2000, optional=False),
-    "module": _check_module,
-    "branch": lambda v: _check_token(v, "branch", 255, optional=True),
-    "commit": _check_commit,
-    "concurrency": lambda v: _check_int(v, "concurrency", 1, MAX_CONCURRENCY),
-    "retries": lambda v: _check_int(v, "retries", 0, MAX_RETRIES),
-    "retry_delay": lambda v: _check_float(v, "retry_delay", 0.0),
-    "timelimit": lambda v: _check_float(v, "timelimit", 0.0, positive=True, optional=True),
-    "requirements": lambda v: _check_text(v, "requirements"),
-    "description": lambda v: _check_text(v, "description", 10_000),
-    "enabled": lambda v: _check_bool(v, "enabled"),
-}
-
-
-def _reject_unknown(kind: str, unknown: dict[str, Any]) -> None:
-    if unknown:
-        raise InvalidName(f"unknown {kind} field(s): {', '.join(sorted(unknown))}")
-
-
-def _check_kind(kind: Any, allowed: tuple[str, ...] = KINDS) -> str:
-    if kind not in allowed:
-        raise InvalidName(f"unknown kind {kind!r}: expected one of {', '.join(allowed)}")
-    return kind
+class _Rollback(Exception):
+    """Raised inside a dry-run transaction to undo it."""
 
 
 # --------------------------------------------------------------------------- store
@@ -331,29 +541,43 @@ def _check_kind(kind: Any, allowed: tuple[str, ...] = KINDS) -> str:
 class TopologyStore:
     """Thread-safe access to the topology database at ``url`` (SQLAlchemy URL)."""
 
+    #: How many of the newest versions the change log keeps (:data:`CHANGE_LOG_KEEP`).
+    change_log_keep: int = CHANGE_LOG_KEEP
+
     def __init__(self, url: str, *, echo: bool = False) -> None:
         try:
-            self._engine = sa.create_engine(url, pool_pre_ping=True, echo=echo)
-        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as e:
+            parsed = sa.make_url(url)
+            connect_args: dict[str, Any] = {}
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            if parsed.get_backend_name() == "postgresql":
+                connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
+            self.engine = sa.create_engine(parsed, pool_pre_ping=True, echo=echo, connect_args=connect_args)
+        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, ValueError) as e:
             raise StoreUnavailable(f"topology store unavailable: bad database url: {e}") from e
-        self._sqlite = self._engine.dialect.name == "sqlite"
-        if self._sqlite:
-            sa.event.listen(self._engine, "connect", _sqlite_on_connect)
-            sa.event.listen(self._engine, "begin", _sqlite_on_begin)
-        self._write_engine = self._engine.execution_options(ecd_write=True)
-        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        self.dialect: str = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            sa.event.listen(self.engine, "begin", _sqlite_on_begin)
+        self._write_engine = self.engine.execution_options(ecd_write=True)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
 
     @property
     def url(self) -> str:
         """The database URL with any password masked."""
-        return self._engine.url.render_as_string(hide_password=True)
+        return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         """Dispose of the connection pool."""
-        self._engine.dispose()
+        self.engine.dispose()
 
     # ------------------------------------------------------------------ plumbing
+
+    def _unavailable(self, e: Exception) -> StoreUnavailable:
+        detail = (str(getattr(e, "orig", None) or e).strip().splitlines() or ["unknown error"])[0]
+        log.warning("topology store unavailable (%s): %s", self.url, detail)
+        return StoreUnavailable(f"topology store unavailable: {detail}")
 
     @contextlib.contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
@@ -362,284 +586,201 @@ class TopologyStore:
             with (self._write if write else self._read)() as session, session.begin():
                 yield session
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as e:
-            detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            log.warning("topology store unavailable (%s): %s", self.url, detail)
-            raise StoreUnavailable(f"topology store unavailable: {detail}") from e
+            raise self._unavailable(e) from e
+        except sa_exc.ProgrammingError as e:
+            # 42P01 undefined table, 42703 undefined column: not migrated (yet)
+            if getattr(e.orig, "sqlstate", None) in ("42P01", "42703"):
+                raise self._unavailable(e) from e
+            raise
         except sa_exc.DBAPIError as e:
             if e.connection_invalidated:
-                raise StoreUnavailable(f"topology store unavailable: {e.orig}") from e
+                raise self._unavailable(e) from e
             raise
 
-    @staticmethod
-    def _bump(session: Session) -> None:
-        result = session.execute(
-            sa.update(MetaModel).where(MetaModel.id == 1).values(version=MetaModel.version + 1)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise StoreUnavailable("topology store unavailable: schema missing (call create_schema)")
-
-    @staticmethod
-    def _find(session: Session, kind: str, name: str) -> Any:
-        model = _MODELS[kind]
-        return session.scalars(sa.select(model).where(model.name == name)).one_or_none()
-
-    def _require(self, session: Session, kind: str, name: str) -> Any:
-        obj = self._find(session, kind, name)
-        if obj is None:
-            raise NotFound(f"{kind} {name!r} does not exist")
-        return obj
-
-    def _insert(self, kind: str, obj: Any, refs: dict[str, str] | None = None) -> dict[str, Any]:
-        """Insert ``obj`` (name checked unique, ``refs`` kind -> name resolved to ids)."""
+    @contextlib.contextmanager
+    def _writing(self, dry_run: bool = False) -> Iterator[_Writer]:
+        """One write transaction (rolled back when ``dry_run``)."""
         try:
             with self._session(write=True) as session:
-                if self._find(session, kind, obj.name) is not None:
-                    raise AlreadyExists(f"{kind} {obj.name!r} already exists")
-                for ref_kind, ref_name in (refs or {}).items():
-                    setattr(obj, f"{ref_kind}_id", self._require(session, ref_kind, ref_name).id)
-                now = time.time()
-                obj.created = obj.updated = now
-                session.add(obj)
-                session.flush()
-                self._bump(session)
-                out = self._to_dict(session, kind, obj)
+                writer = _Writer(session, self.dialect == "postgresql", self.change_log_keep)
+                writer.lock()
+                yield writer
+                if dry_run:
+                    raise _Rollback
+                writer.finish()
+        except _Rollback:
+            pass
         except sa_exc.IntegrityError as e:
-            # Lost a race with another writer: say which constraint in user terms.
-            with self._session() as session:
-                if self._find(session, kind, obj.name) is not None:
-                    raise AlreadyExists(f"{kind} {obj.name!r} already exists") from e
-                for ref_kind, ref_name in (refs or {}).items():
-                    self._require(session, ref_kind, ref_name)
-            raise TopologyError(f"cannot add {kind} {obj.name!r}: {e.orig}") from e
-        log.info("added %s %r", kind, obj.name)
-        return out
+            raise TopologyError(f"conflicting change: {str(e.orig).strip().splitlines()[0]}") from e
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Session]:
+        """A read transaction that sees one consistent state."""
+        with self._session() as session:
+            if self.dialect == "postgresql":
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
 
     @staticmethod
-    def _to_dict(session: Session, kind: str, obj: Any) -> dict[str, Any]:
-        if kind == "socket":
-            return _socket_dict(*_socket_rows(session, SocketModel.id == obj.id)[0])
-        return {c.key: getattr(obj, c.key) for c in sa.inspect(type(obj)).column_attrs}
+    def _version(session: Session) -> int:
+        value = session.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1))
+        if value is None:
+            raise StoreUnavailable("topology store unavailable: schema missing (run ensure_schema)")
+        return int(value)
 
     # ------------------------------------------------------------------ schema / version
 
-    def create_schema(self) -> None:
-        """Create missing tables and the version row (idempotent)."""
+    def ensure_schema(self) -> str:
+        """Upgrade the schema to the newest migration; returns its revision.
+
+        A database made by ecd 0.1 (tables but no ``alembic_version``) is stamped ``0001`` first.
+        On PostgreSQL a transaction-scoped advisory lock serialises ecds starting together; on
+        SQLite ``BEGIN IMMEDIATE`` does. DDL is transactional on both: all or nothing.
+        """
+        config = Config()
+        config.set_main_option("script_location", SCRIPT_LOCATION)
+        head = ScriptDirectory.from_config(config).get_current_head() or ""
         try:
-            Base.metadata.create_all(self._engine)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
-            raise StoreUnavailable(f"topology store unavailable: {e.orig}") from e
-        try:
-            with self._session(write=True) as session:
-                if session.get(MetaModel, 1) is None:
-                    session.add(MetaModel(id=1, version=0))
-        except sa_exc.IntegrityError:
-            pass  # another process created it first
+            with _MIGRATE_LOCK, self._write_engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                config.attributes["connection"] = conn
+                tables = set(sa.inspect(conn).get_table_names())
+                if "meta" in tables and "alembic_version" not in tables:
+                    log.info("stamping an ecd 0.1 topology database at revision 0001")
+                    command.stamp(config, "0001")
+                command.upgrade(config, "head")
+                if conn.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1)) is None:
+                    conn.execute(sa.insert(MetaModel).values(id=1, version=0))
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as e:
+            raise self._unavailable(e) from e
+        except sa_exc.DBAPIError as e:
+            raise TopologyError(f"cannot migrate the topology schema: {e.orig}") from e
+        return head
+
+    create_schema = ensure_schema
 
     def version(self) -> int:
         """The change counter: it moves on every change and never on reads."""
         with self._session() as session:
-            value = session.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1))
-        if value is None:
-            raise StoreUnavailable("topology store unavailable: schema missing (call create_schema)")
-        return int(value)
+            return self._version(session)
 
     # ------------------------------------------------------------------ writes
 
-    def add_queue(
-        self,
-        name: str,
-        type: str = "direct",  # noqa: A002 - the user-facing field name
-        durable: bool = True,
-        max_length: int | None = None,
-        message_ttl: int | None = None,
-        **unknown: Any,
-    ) -> dict[str, Any]:
-        """Add a queue; returns its dict."""
-        _reject_unknown("queue", unknown)
-        if type not in QUEUE_TYPES:
-            raise InvalidName(f"invalid queue type {type!r}: expected one of {', '.join(QUEUE_TYPES)}")
-        obj = QueueModel(
-            name=_check_name(name, "queue name"),
-            type=type,
-            durable=_check_bool(durable, "durable"),
-            max_length=_check_int(max_length, "max_length", 1, MAX_INT32, optional=True),
-            message_ttl=_check_int(message_ttl, "message_ttl", 1, MAX_INT32, optional=True),
-        )
-        return self._insert("queue", obj)
+    def add(self, kind: str, /, **fields: Any) -> dict[str, Any]:
+        """Add an object of ``kind`` (``name`` plus its fields; defaults for the rest)."""
+        check_kind(kind)
+        with self._writing() as writer:
+            return writer.add(kind, fields)
 
-    def add_processor(
-        self,
-        name: str,
-        gitrepo: str,
-        module: str,
-        concurrency: int = 1,
-        branch: str | None = None,
-        commit: str | None = None,
-        retries: int = 0,
-        retry_delay: float = 1.0,
-        timelimit: float | None = None,
-        requirements: str | None = None,
-        description: str | None = None,
-        enabled: bool = True,
-        **unknown: Any,
-    ) -> dict[str, Any]:
-        """Add a processor; returns its dict."""
-        _reject_unknown("processor", unknown)
-        fields = {
-            "gitrepo": gitrepo, "module": module, "concurrency": concurrency, "branch": branch,
-            "commit": commit, "retries": retries, "retry_delay": retry_delay, "timelimit": timelimit,
-            "requirements": requirements, "description": description, "enabled": enabled,
-        }  # fmt: skip
-        checked = {key: _PROCESSOR_CHECKS[key](value) for key, value in fields.items()}
-        obj = ProcessorModel(name=_check_name(name, "processor name"), **checked)
-        return self._insert("processor", obj)
-
-    def add_socket(self, name: str, processor: str, function: str, queue: str, **unknown: Any) -> dict[str, Any]:
-        """Add a socket binding ``processor``'s ``function`` to ``queue`` (both by name)."""
-        _reject_unknown("socket", unknown)
-        obj = SocketModel(name=_check_name(name, "socket name"), function=_check_function(function))
-        refs = {"processor": _check_name(processor, "processor name"), "queue": _check_name(queue, "queue name")}
-        return self._insert("socket", obj, refs)
-
-    def update_processor(self, name: str, **fields: Any) -> dict[str, Any]:
-        """Change some fields of a processor (validated like add); returns its new dict.
-
-        The version moves only when a value actually changed. Renaming is not supported.
-        """
-        _check_name(name, "processor name")
-        _reject_unknown("processor", {k: v for k, v in fields.items() if k not in _PROCESSOR_CHECKS})
-        checked = {key: _PROCESSOR_CHECKS[key](value) for key, value in fields.items()}
-        with self._session(write=True) as session:
-            obj = self._require(session, "processor", name)
-            changed = [key for key, value in checked.items() if getattr(obj, key) != value]
-            if changed:
-                for key in changed:
-                    setattr(obj, key, checked[key])
-                obj.updated = time.time()
-                session.flush()
-                self._bump(session)
-            out = self._to_dict(session, "processor", obj)
-        if changed:
-            log.info("updated processor %r: %s", name, ", ".join(changed))
-        return out
+    def update(self, kind: str, name: str, /, **fields: Any) -> dict[str, Any]:
+        """Change some fields of an object; the version moves only when a value changed."""
+        check_kind(kind)
+        with self._writing() as writer:
+            return writer.update(kind, name, fields)[0]
 
     def delete(self, kind: str, name: str) -> dict[str, Any]:
-        """Delete a queue, processor or socket; returns the deleted object's dict.
+        """Delete an object; StillReferenced names every referrer. Returns the deleted dict."""
+        check_kind(kind)
+        check_name(name, f"{kind} name")
+        with self._writing() as writer:
+            return writer.delete(kind, name)
 
-        A queue or processor still used by sockets raises StillReferenced naming them.
-        """
-        _check_kind(kind, ("queue", "processor", "socket"))
-        _check_name(name, f"{kind} name")
-        try:
-            with self._session(write=True) as session:
-                obj = self._require(session, kind, name)
-                if kind in ("queue", "processor"):
-                    column = SocketModel.queue_id if kind == "queue" else SocketModel.processor_id
-                    users = session.scalars(
-                        sa.select(SocketModel.name).where(column == obj.id).order_by(SocketModel.name)
-                    ).all()
-                    if users:
-                        raise StillReferenced(f"{kind} {name!r} is used by socket(s): {', '.join(users)}")
-                out = self._to_dict(session, kind, obj)
-                session.delete(obj)
-                session.flush()
-                self._bump(session)
-        except sa_exc.IntegrityError as e:
-            raise StillReferenced(f"{kind} {name!r} is still used by a socket") from e
-        log.info("deleted %s %r", kind, name)
-        return out
+    def remove_processor(self, name: str) -> dict[str, Any]:
+        """Delete a processor with its sockets, the plugs on them, its deployments and flow memberships."""
+        check_name(name, "processor name")
+        with self._writing() as writer:
+            return writer.remove_processor(name)
 
     def register_node(self, name: str, endpoint: str, cpus: int, version: str) -> dict[str, Any]:
-        """Insert or update a node and refresh its ``last_seen``."""
-        _check_name(name, "node name")
+        """Insert or update a node and refresh its ``last_seen`` (bumps only on change)."""
+        check_name(name, "node name")
         values = {
-            "endpoint": _check_token(endpoint, "endpoint", 500, optional=False),
-            "cpus": _check_int(cpus, "cpus", 1, 65536),
-            "version": _check_token(version, "version", 100, optional=False),
+            "endpoint": check_token(endpoint, "endpoint", 500),
+            "cpus": check_int(cpus, "cpus", 1, MAX_CPUS),
+            "version": check_token(version, "version", 100),
         }
-        for attempt in (1, 2):
-            try:
-                with self._session(write=True) as session:
-                    now = time.time()
-                    obj = self._find(session, "node", name)
-                    if obj is None:
-                        obj = NodeModel(name=name, created=now, updated=now, last_seen=now, **values)
-                        session.add(obj)
-                        changed = True
-                    else:
-                        changed = any(getattr(obj, k) != v for k, v in values.items())
-                        for key, value in values.items():
-                            setattr(obj, key, value)
-                        obj.last_seen = now
-                        if changed:
-                            obj.updated = now
-                    session.flush()
-                    if changed:
-                        self._bump(session)
-                    return self._to_dict(session, "node", obj)
-            except sa_exc.IntegrityError as e:
-                if attempt == 2:
-                    raise TopologyError(f"cannot register node {name!r}: {e.orig}") from e
-                # a concurrent first registration won: update it instead
-        raise AssertionError("unreachable")
+        with self._writing() as writer:
+            return writer.register_node(name, values)
+
+    def apply(self, spec: dict[str, Any], *, dry_run: bool = False, prune: bool = False) -> dict[str, Any]:
+        """Make the database match ``spec`` in one transaction (see :mod:`ecd.netspec`)."""
+        plan = netspec.parse(spec)
+        with self._writing(dry_run=dry_run) as writer:
+            changes = netspec.run(writer, plan, prune=prune)
+        return {"changes": changes, "applied": not dry_run, "version": writer.version}
+
+    # wrappers kept from #2
+
+    def add_queue(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Add a queue; returns its dict."""
+        return self.add("queue", name=name, **fields)
+
+    def add_processor(self, name: str, gitrepo: str, module: str, **fields: Any) -> dict[str, Any]:
+        """Add a processor; returns its dict."""
+        return self.add("processor", name=name, gitrepo=gitrepo, module=module, **fields)
+
+    def add_socket(self, name: str, processor: str, function: str, queue: str, **fields: Any) -> dict[str, Any]:
+        """Add a socket binding ``processor``'s ``function`` to ``queue`` (both by name)."""
+        return self.add("socket", name=name, processor=processor, function=function, queue=queue, **fields)
+
+    def update_processor(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Change some fields of a processor; returns its new dict."""
+        return self.update("processor", name, **fields)
 
     # ------------------------------------------------------------------ reads
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         """One object by name; NotFound when missing."""
-        _check_kind(kind)
-        _check_name(name, f"{kind} name")
+        check_kind(kind)
+        check_name(name, f"{kind} name")
         with self._session() as session:
-            return self._to_dict(session, kind, self._require(session, kind, name))
+            rows = _load(session, kind, [name])
+        if not rows:
+            raise NotFound(f"{kind} {name!r} does not exist")
+        return rows[0]
 
     def list(self, kind: str) -> list[dict[str, Any]]:
         """All objects of a kind, sorted by name."""
-        _check_kind(kind)
-        model = _MODELS[kind]
+        check_kind(kind)
         with self._session() as session:
-            if kind == "socket":
-                return [_socket_dict(*row) for row in _socket_rows(session)]
-            objs = session.scalars(sa.select(model).order_by(model.name)).all()
-            return [self._to_dict(session, kind, obj) for obj in objs]
+            return _load(session, kind)
 
     def snapshot(self) -> Topology:
-        """Every queue, processor and socket plus the version, read in one transaction."""
-        with self._session() as session:
-            if not self._sqlite:
-                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            version = session.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1))
-            if version is None:
-                raise StoreUnavailable("topology store unavailable: schema missing (call create_schema)")
-            queues = {q.name: _as_def(QueueDef, vars(q)) for q in session.scalars(sa.select(QueueModel))}
-            processors = {p.name: _as_def(ProcessorDef, vars(p)) for p in session.scalars(sa.select(ProcessorModel))}
-            sockets = {row[0].name: _as_def(SocketDef, _socket_dict(*row)) for row in _socket_rows(session)}
-        return Topology(version=int(version), processors=processors, sockets=sockets, queues=queues)
+        """Every object plus the version, read in one transaction."""
+        with self._reading() as session:
+            version = self._version(session)
+            parts = {f"{kind}s": {row["name"]: _as_def(kind, row) for row in _load(session, kind)} for kind in KINDS}
+        return Topology(version=version, **parts)
 
+    def changes_since(self, version: int) -> TopologyDelta | None:
+        """The objects changed after ``version``; None when the change log no longer reaches back
+        that far (or ``version`` is ahead of the store): the caller takes a :meth:`snapshot`."""
+        with self._reading() as session:
+            current = self._version(session)
+            if version == current:
+                return TopologyDelta(version=current, changed={})
+            oldest = session.scalar(sa.select(sa.func.min(ChangeModel.version)))
+            if version > current or oldest is None or oldest > version + 1:
+                return None
+            log_rows = session.execute(
+                sa.select(ChangeModel.kind, ChangeModel.name).where(ChangeModel.version > version)
+            ).all()
+            if len(log_rows) != current - version or any(kind not in _MODELS for kind, _ in log_rows):
+                return None  # versions without a row (an ecd 0.1 wrote) or unknown kinds: reload all
+            wanted: dict[str, set[str]] = {}
+            for kind, name in log_rows:
+                wanted.setdefault(kind, set()).add(name)
+            changed = {}
+            for kind, names in wanted.items():
+                found = {row["name"]: _as_def(kind, row) for row in _load(session, kind, names)}
+                changed[kind] = {name: found.get(name) for name in sorted(names)}
+        return TopologyDelta(version=current, changed=changed)
 
-def _as_def(cls: type[Any], values: dict[str, Any]) -> Any:
-    """Build a frozen ``*Def`` from the matching keys of ``values``."""
-    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
-
-
-def _socket_rows(session: Session, *where: Any) -> list[Any]:
-    """(SocketModel, processor name, queue name) rows sorted by socket name."""
-    return list(
-        session.execute(
-            sa.select(SocketModel, ProcessorModel.name, QueueModel.name)
-            .join(ProcessorModel, SocketModel.processor_id == ProcessorModel.id)
-            .join(QueueModel, SocketModel.queue_id == QueueModel.id)
-            .where(*where)
-            .order_by(SocketModel.name)
-        ).all()
-    )
-
-
-def _socket_dict(sock: SocketModel, processor: str, queue: str) -> dict[str, Any]:
-    out = {c.key: getattr(sock, c.key) for c in sa.inspect(SocketModel).column_attrs}
-    del out["processor_id"], out["queue_id"]
-    out["processor"] = processor
-    out["queue"] = queue
-    return out
+    def export(self) -> dict[str, Any]:
+        """The whole network as an apply spec (see :func:`ecd.netspec.export`)."""
+        with self._reading() as session:
+            return netspec.export({kind: _load(session, kind) for kind in KINDS})
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

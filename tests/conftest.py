@@ -1,5 +1,6 @@
 """Real fixtures shared by the test suite: ecd daemons started as processes, git repositories
-made from the bundled example, and the ecctl command line.
+made from the bundled example, and the ecctl command line. The throwaway PostgreSQL server
+(``postgres``) is the plugin in tests/pg.py, registered below.
 
 Every daemon is stopped by its PID (SIGTERM, then SIGKILL), every worker group it may have left
 behind is killed through the node's own registry, and every temp dir is removed.
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+#: The throwaway PostgreSQL server fixture (``postgres``) lives in tests/pg.py.
+pytest_plugins = ["tests.pg"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sample"

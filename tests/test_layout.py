@@ -12,10 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("protocol", "ecd", "ecctl")
 
+#: The modules that talk to the topology database.
+_DB_MODULES = {
+    "ecd/schema.py", "ecd/topology.py", "ecd/history.py", "ecd/push.py", "ecd/dbcli.py",
+    "ecd/migrations/env.py", "ecd/migrations/versions/0001_initial.py",
+    "ecd/migrations/versions/0002_network.py",
+}
+
 #: Third-party module -> the only product modules allowed to import it.
 HOMES = {
     "lmdb": {"ecd/wal.py"},
-    "sqlalchemy": {"ecd/topology.py"},
+    "sqlalchemy": _DB_MODULES,
+    "alembic": _DB_MODULES,
+    "psycopg": _DB_MODULES,
+    "yaml": {"ecctl/cli.py", "ecctl/spec.py"},
     "git": {"ecd/repos.py"},
     "virtualenv": {"ecd/repos.py"},
     "zmq": {"ecd/node.py", "ecd/server.py", "ecctl/client.py"},

@@ -23,7 +23,8 @@ def test_exported_names_complete() -> None:
     for name in expected:
         assert getattr(ecctl, name) is not None
     public = {n for n in vars(ecctl) if not n.startswith("_")}
-    assert public - set(ecctl.__all__) <= {"client", "errors", "output", "cli", "annotations"}
+    assert public - set(ecctl.__all__) <= {"client", "errors", "output", "cli", "annotations",
+                                           "context", "objects", "spec"}
     assert ecctl.Socket is ecctl.Function
 
 

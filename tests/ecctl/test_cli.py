@@ -173,8 +173,8 @@ def test_ls_objects(fake) -> None:  # type: ignore[no-untyped-def]
     result = run("ls", "queues")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["Name", "Type", "Depth"]
-    assert lines[2].split() == ["q1", "direct", "3"]
+    assert lines[0].split() == ["Name", "Type", "Depth", "Durable", "Max", "length", "TTL"]
+    assert lines[2].split() == ["q1", "direct", "3", "-", "-", "-"]
     assert lines[0].index("Type") == lines[2].index("direct") == lines[3].index("fanout")
     result = run("ls", "queues", "--json")
     assert json.loads(result.stdout) == fake.admin["ls_queues"]
@@ -194,10 +194,10 @@ def _call(n: int, **extra: object) -> dict:
 
 
 def test_ls_calls_paging(fake) -> None:  # type: ignore[no-untyped-def]
-    fake.admin["ls_calls"] = {"total": 25, "calls": [_call(1), _call(2)]}
+    fake.admin["ls_calls"] = {"total": 25, "calls": [_call(1), _call(2)]}   # a #2 reply: no "pages"
     result = run("ls", "calls", "-p", "2", "-r", "10", "--unfinished")
     assert result.exit_code == 0, result.output
-    assert fake.of_type(protocol.Admin)[0].args == {"limit": 10, "offset": 10, "unfinished": True}
+    assert fake.of_type(protocol.Admin)[0].args == {"page": 2, "rows": 10, "unfinished": True}
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["Page", "Row", "ID"]
     assert lines[2].split()[:3] == ["2", "1", "id-1"] and lines[3].split()[:3] == ["2", "2", "id-2"]

@@ -115,6 +115,56 @@ def test_admin_helpers(client: Client, fake) -> None:  # type: ignore[no-untyped
     ]
 
 
+def test_network_methods(client: Client, fake) -> None:  # type: ignore[no-untyped-def]
+    client.add("queue", name="q", type="topic")
+    client.add("plugs", name="pl", source="a", target="b", queue="q")
+    client.update("processor", "p", concurrency=3, commit=None)
+    client.update("flow", "f", processors=["p"])
+    for kind in ("queue", "node", "processor", "socket", "plug", "deployment", "flow"):
+        client.delete(kind, "x")
+        client.ls(kind)
+        client.ls(kind + "s")
+    for action in ("pause", "resume", "stop", "start", "restart", "remove"):
+        client.proc(action, "p")
+    client.apply({"queues": [{"name": "q"}]})
+    client.apply({"queues": []}, dry_run=True, prune=True)
+    client.export()
+    client.ls_calls()
+    client.ls_calls(page=3, rows=25, unfinished=True, socket="s1")
+    client.ls_calls(2, 5)
+    client.ls_calls(limit=5)
+    client.ls_calls(offset=20, socket="s")
+    ops = [(m.op, m.args) for m in fake.of_type(protocol.Admin)]
+    kinds = ("queue", "node", "processor", "socket", "plug", "deployment", "flow")
+    assert ops == [
+        ("add_queue", {"name": "q", "type": "topic"}),
+        ("add_plug", {"name": "pl", "source": "a", "target": "b", "queue": "q"}),
+        ("update_processor", {"name": "p", "concurrency": 3, "commit": None}),
+        ("update_flow", {"name": "f", "processors": ["p"]}),
+        *[op for kind in kinds for op in [(f"delete_{kind}", {"name": "x"}), (f"ls_{kind}s", {}),
+                                          (f"ls_{kind}s", {})]],
+        *[(f"proc_{action}", {"name": "p"})
+          for action in ("pause", "resume", "stop", "start", "restart", "remove")],
+        ("apply", {"spec": {"queues": [{"name": "q"}]}, "dry_run": False, "prune": False}),
+        ("apply", {"spec": {"queues": []}, "dry_run": True, "prune": True}),
+        ("export", {}),
+        ("ls_calls", {"page": 1, "rows": 10, "unfinished": False}),
+        ("ls_calls", {"page": 3, "rows": 25, "unfinished": True, "socket": "s1"}),
+        ("ls_calls", {"page": 2, "rows": 5, "unfinished": False}),
+        ("ls_calls", {"limit": 5, "offset": 0, "unfinished": False}),
+        ("ls_calls", {"limit": 50, "offset": 20, "unfinished": False, "socket": "s"}),
+    ]
+
+
+def test_network_methods_refuse_unknown_names(client: Client, fake) -> None:  # type: ignore[no-untyped-def]
+    for bad in (lambda: client.add("widget", name="w"), lambda: client.ls("calls"),
+                lambda: client.delete("s", "x"), lambda: client.update("queuez", "q", type="x"),
+                lambda: client.proc("explode", "p")):
+        with pytest.raises(ValueError):
+            bad()
+    assert fake.received == []
+
+
 def test_admin_error(client: Client, fake) -> None:  # type: ignore[no-untyped-def]
     fake.admin["add_queue"] = protocol.Error(code=409, reason="queue q exists", detail={"name": "q"})
     with pytest.raises(ServerError) as info:

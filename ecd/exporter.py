@@ -1,0 +1,173 @@
+"""Call history export: call records and events reach the database in batches, off the call path.
+
+The loop notes a call each time its durable record changes (:meth:`HistoryExporter.note`);
+notes of one call coalesce, so a call that is accepted and finishes within one interval is
+written once. Every ``interval`` seconds (or sooner, when ``batch`` calls are waiting) one batch is
+written on the exporter's own thread, never on the loop's. If the database is unreachable the
+notes stay pending (bounded by ``max_pending``: the oldest finished calls are dropped first, with
+a warning) and are written when it returns. History is an operator's view; the write-ahead log
+stays the authority on every call.
+
+Retention: finished calls older than ``retention`` seconds are pruned once a minute (more often
+when the retention itself is short); 0 keeps them forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from .background import Background
+from .errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+#: Summary fields copied from a call record into the history.
+FIELDS = ("id", "seq", "owner", "node", "socket", "processor", "function", "state", "attempts",
+          "created", "started", "finished", "worker", "error", "parent", "root")
+#: Seconds between retention sweeps.
+PRUNE_EVERY = 60.0
+#: Longest backoff after a failed batch (seconds).
+MAX_BACKOFF = 10.0
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the history keeps of a call record: its summary fields and events (no payloads)."""
+    out = {key: record.get(key) for key in FIELDS}
+    out["events"] = [list(event) for event in record.get("events") or ()]
+    return out
+
+
+class HistoryExporter:
+    """Batches call summaries into a :class:`~ecd.history.HistoryStore` on a background thread."""
+
+    def __init__(self, history: Any, *, interval: float = 0.5, batch: int = 1000,
+                 retention: float = 7 * 86400.0, max_pending: int = 200_000) -> None:
+        self.history = history
+        self.interval = interval
+        self.batch = batch
+        self.retention = retention
+        self.max_pending = max_pending
+        self.bg = Background(threads=1, name="ecd-history")
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.exported = 0
+        self.failed_batches = 0
+        self.dropped = 0
+        self._inflight = False
+        self._next_flush = 0.0
+        # a short retention is swept as often as it needs (tests, small disks); else once a minute
+        self.prune_every = min(PRUNE_EVERY, max(retention / 4, 0.5))
+        self._next_prune = time.monotonic() + self.prune_every
+        self._backoff = interval
+
+    @property
+    def wake_fd(self) -> int:
+        return self.bg.wake_fd
+
+    def drain(self) -> None:
+        self.bg.drain()
+
+    def note(self, record: dict[str, Any]) -> None:
+        """The call's durable record changed (loop thread)."""
+        self.pending[record["id"]] = summary(record)
+        if len(self.pending) > self.max_pending:
+            self._shed()
+
+    def tick(self, mono: float) -> float:
+        """Write a batch or prune when due; returns when to look again (monotonic)."""
+        if not self._inflight:
+            if self.pending and (mono >= self._next_flush or len(self.pending) >= self.batch):
+                self._flush(mono)
+            elif mono >= self._next_prune and self.retention > 0:
+                self._prune(mono)
+        if self.pending and not self._inflight:
+            return max(self._next_flush, mono)
+        return min(self._next_prune, mono + self.interval)
+
+    def then(self, fn: Callable[[], Any], callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Run ``fn`` on the history thread after writing what is pending, so a reader sees every
+        call noted so far (read-your-writes for ``ecctl ls calls``)."""
+        batch = self._take()
+
+        def work() -> Any:
+            if batch:
+                self.history.write(batch)
+            return fn()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if batch:
+                if error is not None and isinstance(error, StoreUnavailable):
+                    self._put_back(batch)
+                elif error is None:
+                    self.exported += len(batch)
+            callback(result, error)
+
+        self.bg.submit(work, done)
+
+    def close(self) -> None:
+        self.bg.close(wait=False)
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": True, "pending": len(self.pending), "exported": self.exported,
+                "failed_batches": self.failed_batches, "dropped": self.dropped,
+                "retention": self.retention}
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _take(self) -> list[dict[str, Any]]:
+        batch = list(self.pending.values())[: self.batch * 10]
+        for item in batch:
+            del self.pending[item["id"]]
+        return batch
+
+    def _put_back(self, batch: list[dict[str, Any]]) -> None:
+        for item in batch:
+            self.pending.setdefault(item["id"], item)  # a newer note of the call wins
+
+    def _flush(self, mono: float) -> None:
+        batch = list(self.pending.values())[: self.batch]
+        for item in batch:
+            del self.pending[item["id"]]
+        self._inflight = True
+
+        def done(_: Any, error: BaseException | None) -> None:
+            self._inflight = False
+            now = time.monotonic()
+            if error is None:
+                self.exported += len(batch)
+                self._backoff = self.interval
+                self._next_flush = now + self.interval
+                return
+            self.failed_batches += 1
+            self._put_back(batch)
+            if self.failed_batches == 1 or self._backoff < MAX_BACKOFF:
+                logger.warning("call history not exported (%d pending, retrying): %s",
+                               len(self.pending), getattr(error, "message", error))
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            self._next_flush = now + self._backoff
+
+        self.bg.submit(lambda: self.history.write(batch), done)
+
+    def _prune(self, mono: float) -> None:
+        self._next_prune = mono + self.prune_every
+        self._inflight = True
+        before = time.time() - self.retention
+
+        def done(count: Any, error: BaseException | None) -> None:
+            self._inflight = False
+            if error is not None:
+                logger.info("call history not pruned: %s", getattr(error, "message", error))
+            elif count:
+                logger.info("pruned %d call(s) from the history", count)
+
+        self.bg.submit(lambda: self.history.prune(before), done)
+
+    def _shed(self) -> None:
+        """Too much pending (the database has been away long): drop the oldest finished notes."""
+        excess = len(self.pending) - self.max_pending
+        for call_id in [k for k, v in self.pending.items() if v.get("finished")][:excess]:
+            del self.pending[call_id]
+            self.dropped += 1
+        if self.dropped and self.dropped % 10_000 < excess + 1:
+            logger.warning("call history: dropped %d finished call(s) the database could not take", self.dropped)
