@@ -1,9 +1,10 @@
 """Call history export: call records and events reach the database in batches, off the call path.
 
-The loop notes a call each time its durable record changes (:meth:`HistoryExporter.note`);
-notes of one call coalesce, so a call that is accepted and finishes within one interval is
-written once. Every ``interval`` seconds (or sooner, when ``batch`` calls are waiting) one batch is
-written on the exporter's own thread, never on the loop's. If the database is unreachable the
+The loop notes a call each time its durable record changes (:meth:`HistoryExporter.note`, a
+reference kept in a dict); notes of one call coalesce, and an unfinished call's note waits one
+interval, so a call that is accepted and finishes within it is written once. Every ``interval``
+seconds one batch is written on the exporter's own thread, never on the loop's (the rows are
+built there too, from the records: the loop copies nothing). If the database is unreachable the
 notes stay pending (bounded by ``max_pending``: the oldest finished calls are dropped first, with
 a warning) and are written when it returns. History is an operator's view; the write-ahead log
 stays the authority on every call.
@@ -23,26 +24,21 @@ from .errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
-#: Summary fields copied from a call record into the history.
-FIELDS = ("id", "seq", "owner", "node", "socket", "processor", "function", "state", "attempts",
-          "created", "started", "finished", "worker", "error", "parent", "root")
 #: Seconds between retention sweeps.
 PRUNE_EVERY = 60.0
 #: Longest backoff after a failed batch (seconds).
 MAX_BACKOFF = 10.0
 
 
-def summary(record: dict[str, Any]) -> dict[str, Any]:
-    """What the history keeps of a call record: its summary fields and events (no payloads)."""
-    out = {key: record.get(key) for key in FIELDS}
-    out["events"] = [list(event) for event in record.get("events") or ()]
-    return out
-
-
 class HistoryExporter:
-    """Batches call summaries into a :class:`~ecd.history.HistoryStore` on a background thread."""
+    """Batches call summaries into a :class:`~ecd.history.HistoryStore` on a background thread.
 
-    def __init__(self, history: Any, *, interval: float = 0.5, batch: int = 1000,
+    The loop only keeps a reference to each noted record (O(1)); summaries are built on the
+    history thread. A note of an unfinished call waits one interval before it is written, so a
+    call that ends within it is written once, finished.
+    """
+
+    def __init__(self, history: Any, *, interval: float = 0.5, batch: int = 5000,
                  retention: float = 7 * 86400.0, max_pending: int = 200_000) -> None:
         self.history = history
         self.interval = interval
@@ -50,7 +46,7 @@ class HistoryExporter:
         self.retention = retention
         self.max_pending = max_pending
         self.bg = Background(threads=1, name="ecd-history")
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, tuple[dict[str, Any], float]] = {}  # id -> (record, noted at)
         self.exported = 0
         self.failed_batches = 0
         self.dropped = 0
@@ -70,14 +66,14 @@ class HistoryExporter:
 
     def note(self, record: dict[str, Any]) -> None:
         """The call's durable record changed (loop thread)."""
-        self.pending[record["id"]] = summary(record)
+        self.pending[record["id"]] = (record, time.monotonic())
         if len(self.pending) > self.max_pending:
             self._shed()
 
     def tick(self, mono: float) -> float:
         """Write a batch or prune when due; returns when to look again (monotonic)."""
         if not self._inflight:
-            if self.pending and (mono >= self._next_flush or len(self.pending) >= self.batch):
+            if self.pending and mono >= self._next_flush:
                 self._flush(mono)
             elif mono >= self._next_prune and self.retention > 0:
                 self._prune(mono)
@@ -88,11 +84,11 @@ class HistoryExporter:
     def then(self, fn: Callable[[], Any], callback: Callable[[Any, BaseException | None], None]) -> None:
         """Run ``fn`` on the history thread after writing what is pending, so a reader sees every
         call noted so far (read-your-writes for ``ecctl ls calls``)."""
-        batch = self._take()
+        batch = self._take(lambda record, noted: True)
 
         def work() -> Any:
             if batch:
-                self.history.write(batch)
+                self.history.write([record for record, _ in batch])
             return fn()
 
         def done(result: Any, error: BaseException | None) -> None:
@@ -105,6 +101,13 @@ class HistoryExporter:
 
         self.bg.submit(work, done)
 
+    def write_pending(self) -> None:
+        """Write everything pending now, on the calling thread (at stop)."""
+        batch = self._take(lambda record, noted: True, limit=None)
+        if batch:
+            self.history.write([record for record, _ in batch])
+            self.exported += len(batch)
+
     def close(self) -> None:
         self.bg.close(wait=False)
 
@@ -115,20 +118,31 @@ class HistoryExporter:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _take(self) -> list[dict[str, Any]]:
-        batch = list(self.pending.values())[: self.batch * 10]
-        for item in batch:
-            del self.pending[item["id"]]
+    def _take(self, ready: Callable[[dict[str, Any], float], bool],
+              limit: int | None = -1) -> list[tuple[dict[str, Any], float]]:
+        """Remove and return up to ``limit`` (default: the batch size) pending notes that are
+        ``ready``."""
+        cap = self.batch if limit == -1 else limit
+        batch = []
+        for entry in self.pending.values():
+            if ready(*entry):
+                batch.append(entry)
+                if cap is not None and len(batch) >= cap:
+                    break
+        for record, _ in batch:
+            del self.pending[record["id"]]
         return batch
 
-    def _put_back(self, batch: list[dict[str, Any]]) -> None:
-        for item in batch:
-            self.pending.setdefault(item["id"], item)  # a newer note of the call wins
+    def _put_back(self, batch: list[tuple[dict[str, Any], float]]) -> None:
+        for entry in batch:
+            self.pending.setdefault(entry[0]["id"], entry)  # a newer note of the call wins
 
     def _flush(self, mono: float) -> None:
-        batch = list(self.pending.values())[: self.batch]
-        for item in batch:
-            del self.pending[item["id"]]
+        settled = mono - self.interval
+        batch = self._take(lambda record, noted: record.get("finished") is not None or noted <= settled)
+        if not batch:
+            self._next_flush = mono + self.interval
+            return
         self._inflight = True
 
         def done(_: Any, error: BaseException | None) -> None:
@@ -137,7 +151,7 @@ class HistoryExporter:
             if error is None:
                 self.exported += len(batch)
                 self._backoff = self.interval
-                self._next_flush = now + self.interval
+                self._next_flush = now + (0 if len(batch) >= self.batch else self.interval)
                 return
             self.failed_batches += 1
             self._put_back(batch)
@@ -147,7 +161,7 @@ class HistoryExporter:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             self._next_flush = now + self._backoff
 
-        self.bg.submit(lambda: self.history.write(batch), done)
+        self.bg.submit(lambda: self.history.write([record for record, _ in batch]), done)
 
     def _prune(self, mono: float) -> None:
         self._next_prune = mono + self.prune_every
@@ -166,7 +180,7 @@ class HistoryExporter:
     def _shed(self) -> None:
         """Too much pending (the database has been away long): drop the oldest finished notes."""
         excess = len(self.pending) - self.max_pending
-        for call_id in [k for k, v in self.pending.items() if v.get("finished")][:excess]:
+        for call_id in [k for k, (record, _) in self.pending.items() if record.get("finished")][:excess]:
             del self.pending[call_id]
             self.dropped += 1
         if self.dropped and self.dropped % 10_000 < excess + 1:

@@ -1077,7 +1077,7 @@ class Node:
         history.close()
         if history.pending and self.sync.store_ok:
             try:
-                history.history.write(list(history.pending.values()))
+                history.write_pending()
             except EcdError as exc:
                 logger.warning("call history of %d call(s) not exported at stop: %s", len(history.pending), exc)
 

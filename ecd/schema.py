@@ -6,8 +6,9 @@ a unique ``name`` and ``created``/``updated`` UNIX times. References are foreign
 the store resolves them to names.
 
 Bookkeeping: ``meta`` holds the one change-counter row (id = 1); ``change`` is the change log,
-one row per version (``op`` is ``upsert`` or ``delete``). Call history: ``call`` (one summary per
-call) and ``call_event`` (its events, ``ON DELETE CASCADE``).
+one row per version (``op`` is ``upsert`` or ``delete``). Call history: ``call``, one summary per
+call with its events packed with msgpack (one row per call keeps the export cheap: see
+ecd/history.py).
 
 The schema is created and upgraded by the Alembic migrations in ``ecd/migrations`` only; the
 autogenerate comparison of a migrated database against :data:`Base.metadata` must stay empty, so
@@ -25,7 +26,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
-    "CallEventModel",
     "CallModel",
     "ChangeModel",
     "DeploymentModel",
@@ -198,14 +198,4 @@ class CallModel(Base):
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)  # JSON text
     parent: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     root: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-
-
-class CallEventModel(Base):
-    """One event of a call (received, queued, prerun, postrun, retried, failed ...)."""
-
-    __tablename__ = "call_event"
-    call_id: Mapped[str] = mapped_column(sa.ForeignKey("call.id", ondelete="CASCADE"), primary_key=True)
-    idx: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
-    name: Mapped[str] = mapped_column(sa.String(50), nullable=False)
-    time: Mapped[float] = mapped_column(sa.Float, nullable=False)
-    note: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    events: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)  # msgpack [[name, time, note], ...]

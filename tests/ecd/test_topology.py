@@ -1198,7 +1198,7 @@ def test_sqlite_pragmas_and_intact_tables(tmp_path: Path) -> None:
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"node", "queue", "processor", "socket", "meta", "plug", "deployment", "flow", "flow_processor",
-                "change", "call", "call_event", "alembic_version"} <= tables
+                "change", "call", "alembic_version"} <= tables
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         con.close()

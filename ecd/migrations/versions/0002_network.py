@@ -5,7 +5,7 @@ Revises: 0001
 
 Adds processor.tag/rate_limit/paused/restarts and a description to queue, node and socket
 (plain ALTER TABLE ADD COLUMN, on SQLite too), then creates plug, deployment, flow, flow_processor,
-change, call and call_event.
+change and call (the call history; its events msgpack-packed in the call row).
 """
 
 from __future__ import annotations
@@ -100,21 +100,14 @@ def upgrade() -> None:
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("parent", sa.String(64), nullable=True),
         sa.Column("root", sa.String(64), nullable=True),
+        sa.Column("events", sa.LargeBinary, nullable=True),
     )
     op.create_index("ix_call_created", "call", ["created"])
     op.create_index("ix_call_finished", "call", ["finished"])
-    op.create_table(
-        "call_event",
-        sa.Column("call_id", sa.String(64), sa.ForeignKey("call.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("name", sa.String(50), nullable=False),
-        sa.Column("time", sa.Float, nullable=False),
-        sa.Column("note", sa.Text, nullable=True),
-    )
 
 
 def downgrade() -> None:
-    for table in ("call_event", "call", "change", "flow_processor", "flow", "deployment", "plug"):
+    for table in ("call", "change", "flow_processor", "flow", "deployment", "plug"):
         op.drop_table(table)  # their indexes go with them
     # ALTER TABLE DROP COLUMN (SQLite >= 3.35): no table rebuild, so rows keep their references
     for table in ("socket", "node", "queue"):
