@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 #: Most calls one ``ls_calls`` page may hold.
 MAX_PAGE_ROWS = 1000
+#: Newest log records a ``ls calls --socket`` looks through when it falls back to the local log
+#: (the database is away): the loop must not walk a whole log.
+LOCAL_SCAN = 10_000
 
 #: Kinds of topology objects, and the plural used by ``ls_<kinds>``.
 KINDS = {"queue": "queues", "node": "nodes", "processor": "processors", "socket": "sockets",
@@ -251,8 +254,8 @@ class AdminHandler:
         offset = (page - 1) * rows
         if socket is None:
             total, records = self.node.wal.recent(rows, offset, unfinished)
-        else:  # filtered walk of the local log (the history is the fast path for this)
-            matching = [r for r in self.node.wal.recent(1 << 30, 0, unfinished)[1] if r.get("socket") == socket]
+        else:  # filtered walk of the newest part of the local log (the history is the fast path)
+            matching = [r for r in self.node.wal.recent(LOCAL_SCAN, 0, unfinished)[1] if r.get("socket") == socket]
             total, records = len(matching), matching[offset:offset + rows]
         calls = [C.summary_view(self.node.active.get(record["id"], record)) for record in records]
         return {"total": total, "page": page, "pages": max(1, -(-total // rows)), "rows": rows,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -27,6 +28,8 @@ class Background:
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
+        self._closed = False
+        self._fd_lock = threading.Lock()  # a job never writes to a pipe fd that close() released
         self.pending = 0
 
     @property
@@ -43,10 +46,13 @@ class Background:
             except BaseException as exc:  # handed to the callback, never lost
                 result, error = None, exc
             self._done.put((callback, result, error))
-            try:
-                os.write(self._wfd, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full: the loop is awake anyway
+            with self._fd_lock:
+                if self._closed:
+                    return  # the node is stopping: nobody reads the outcome
+                try:
+                    os.write(self._wfd, b"x")
+                except BlockingIOError:
+                    pass  # the pipe is full: the loop is awake anyway
 
         self._pool.submit(job)
 
@@ -72,6 +78,8 @@ class Background:
 
     def close(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        with self._fd_lock:
+            self._closed = True
         for fd in (self._rfd, self._wfd):
             try:
                 os.close(fd)

@@ -109,6 +109,15 @@ def mark_error(record: dict[str, Any], error: dict[str, str], now: float | None 
     return False
 
 
+def mark_failed(record: dict[str, Any], error: dict[str, str], now: float | None = None) -> None:
+    """The call can never run (its socket was deleted): it fails for good without an attempt."""
+    now = time.time() if now is None else now
+    record["error"] = error
+    record["state"] = FAILED
+    record["finished"] = now
+    _event(record, "failed", f"{error.get('type', 'Error')}: {error.get('message', '')}"[:200], now)
+
+
 def mark_requeued(record: dict[str, Any], note: str, now: float | None = None, refund: bool = False) -> None:
     """Put a started call back in its queue (shutdown, recovery). With ``refund`` the attempt it
     was on does not count (it was interrupted, not failed)."""

@@ -5,8 +5,8 @@ reference kept in a dict); notes of one call coalesce, and an unfinished call's 
 interval, so a call that is accepted and finishes within it is written once. Every ``interval``
 seconds one batch is written on the exporter's own thread, never on the loop's (the rows are
 built there too, from the records: the loop copies nothing). If the database is unreachable the
-notes stay pending (bounded by ``max_pending``: the oldest finished calls are dropped first, with
-a warning) and are written when it returns. History is an operator's view; the write-ahead log
+notes stay pending (bounded by ``max_pending``: the oldest tenth is dropped at once, with a
+warning) and are written when it returns. History is an operator's view; the write-ahead log
 stays the authority on every call.
 
 Retention: finished calls older than ``retention`` seconds are pruned once a minute (more often
@@ -15,6 +15,7 @@ when the retention itself is short); 0 keeps them forever.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any, Callable
@@ -93,9 +94,9 @@ class HistoryExporter:
 
         def done(result: Any, error: BaseException | None) -> None:
             if batch:
-                if error is not None and isinstance(error, StoreUnavailable):
-                    self._put_back(batch)
-                elif error is None:
+                if error is not None:
+                    self._put_back(batch)  # the regular flush writes (or drops) it
+                else:
                     self.exported += len(batch)
             callback(result, error)
 
@@ -154,6 +155,13 @@ class HistoryExporter:
                 self._next_flush = now + (0 if len(batch) >= self.batch else self.interval)
                 return
             self.failed_batches += 1
+            if not isinstance(error, StoreUnavailable):
+                # not an outage: something in the batch the database refuses; retrying it forever
+                # would hold back every later call, so it is logged and dropped
+                logger.error("call history: dropped a batch of %d call(s) the database refused: %r", len(batch), error)
+                self.dropped += len(batch)
+                self._next_flush = now + self.interval
+                return
             self._put_back(batch)
             if self.failed_batches == 1 or self._backoff < MAX_BACKOFF:
                 logger.warning("call history not exported (%d pending, retrying): %s",
@@ -178,10 +186,11 @@ class HistoryExporter:
         self.bg.submit(lambda: self.history.prune(before), done)
 
     def _shed(self) -> None:
-        """Too much pending (the database has been away long): drop the oldest finished notes."""
-        excess = len(self.pending) - self.max_pending
-        for call_id in [k for k, (record, _) in self.pending.items() if record.get("finished")][:excess]:
+        """Too much pending (the database has been away long): drop the oldest tenth in one pass
+        (a dropped unfinished call is noted again when it ends)."""
+        excess = len(self.pending) - self.max_pending + self.max_pending // 10
+        for call_id in list(itertools.islice(self.pending, excess)):
             del self.pending[call_id]
-            self.dropped += 1
-        if self.dropped and self.dropped % 10_000 < excess + 1:
-            logger.warning("call history: dropped %d finished call(s) the database could not take", self.dropped)
+        self.dropped += excess
+        logger.warning("call history: dropped the %d oldest note(s) the database could not take (%d so far)",
+                       excess, self.dropped)

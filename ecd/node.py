@@ -317,8 +317,11 @@ class Node:
                     self._spawn_workers(runtime)
                 else:
                     next_at = min(next_at, runtime.respawn_at)
-            if runtime.status == FAILED and runtime.prepare_at is not None and runtime.prepare_at <= mono:
-                self._prepare(runtime)
+            if runtime.prepare_at is not None and runtime.prepare_at <= mono:
+                if runtime.status == FAILED:
+                    self._prepare(runtime)
+                elif runtime.status == RUNNING:  # new code failed earlier; the old code serves
+                    self._prepare(runtime, rolling=True)
         if not self.stopping:
             next_at = min(next_at, self.sync.tick(mono))
             if mono >= self._next_register and not self._registering:
@@ -951,6 +954,29 @@ class Node:
                 self._resize(runtime)
             if old.paused != definition.paused:
                 logger.info("processor %s %s", name, "paused: calls queue until it is resumed" if definition.paused else "resumed")
+        self._fail_orphaned_calls()
+
+    def _fail_orphaned_calls(self) -> None:
+        """Calls queued on a socket that no longer exists can never run: fail them, durably and
+        with a clear error, instead of keeping them (and requeuing them at every start) forever.
+        Only on a topology read from the store, never on the cached copy a node starts with."""
+        if not self.sync.store_ok or self.sync.cached_start:
+            return
+        for socket_name in list(self.scheduler.depths()):
+            if socket_name in self.topology.sockets:
+                continue
+            dropped = self.scheduler.drop(socket_name)
+            if dropped:
+                logger.warning("socket %s was deleted: failing its %d queued call(s)", socket_name, len(dropped))
+            for call_id in dropped:
+                record = self.active.get(call_id)
+                if record is None or call_id in self.running or call_id in self.finalizing:
+                    continue
+                outcome = {**record, "events": list(record["events"])}
+                C.mark_failed(outcome, C.error_dict(
+                    "SocketRemoved", f"socket '{socket_name}' was deleted before the call could run"))
+                self.finalizing[call_id] = outcome
+                self.wal.submit(("final", [call_id]), [outcome])
 
     def _roll(self, runtime: ProcessorRuntime) -> None:
         """Replace every worker without failing a call: idle ones stop now, busy ones once their
@@ -979,8 +1005,11 @@ class Node:
         runtime.generation += 1
         generation = runtime.generation
         rolling = rolling and runtime.status == RUNNING and runtime.code is not None
+        runtime.prepare_at = None
         if not rolling:
-            runtime.status, runtime.reason, runtime.code, runtime.prepare_at = PENDING, "", None, None
+            if runtime.slots:  # workers of the previous code still starting: they must not serve
+                self._stop_workers(runtime, "Requeued: processor code changed")
+            runtime.status, runtime.reason, runtime.code = PENDING, "", None
         spec = runtime.code_spec()
         logger.info("preparing code of processor %s from %s", runtime.name, spec.gitrepo)
 
@@ -989,9 +1018,16 @@ class Node:
                 return  # superseded by a newer definition
             if error is not None:
                 reason = error.message if isinstance(error, RepoError) else f"{type(error).__name__}: {error}"
+                if rolling and runtime.status == RUNNING:
+                    # the workers of the previous code keep serving; the new code is tried again
+                    runtime.reason = f"new code not ready, still running {runtime.code.commit[:12]}: {reason}"
+                    runtime.prepare_at = time.monotonic() + self.config.prepare_retry
+                    logger.error("processor %s: %s", runtime.name, runtime.reason)
+                    return
                 runtime.fail(reason, self.config.prepare_retry)
                 self._stop_workers(runtime, "Requeued: processor failed")
                 return
+            runtime.reason = ""
             runtime.code = code
             if rolling:
                 self._roll(runtime)
@@ -1078,7 +1114,7 @@ class Node:
         if history.pending and self.sync.store_ok:
             try:
                 history.write_pending()
-            except EcdError as exc:
+            except Exception as exc:  # noqa: BLE001 - stopping must go on whatever the database says
                 logger.warning("call history of %d call(s) not exported at stop: %s", len(history.pending), exc)
 
 

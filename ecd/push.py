@@ -51,6 +51,8 @@ class ChangeListener:
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
+        self._fd_lock = threading.Lock()  # the thread never writes to an fd close() released
+        self._closed = False
         self.connected = False
         self.notifications = 0
         self.reconnects = 0
@@ -78,6 +80,8 @@ class ChangeListener:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        with self._fd_lock:
+            self._closed = True
         for fd in (self._rfd, self._wfd):
             try:
                 os.close(fd)
@@ -85,10 +89,13 @@ class ChangeListener:
                 pass
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wfd, b"x")
-        except (BlockingIOError, OSError):
-            pass  # a full pipe wakes the loop anyway; a closed one means we are stopping
+        with self._fd_lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wfd, b"x")
+            except BlockingIOError:
+                pass  # a full pipe wakes the loop anyway
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN

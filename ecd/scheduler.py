@@ -129,6 +129,17 @@ class Scheduler:
             self._order.remove(socket)
         return True
 
+    def drop(self, socket: str) -> list[str]:
+        """Remove every call queued on ``socket`` (ready or delayed); returns their ids."""
+        dropped = list(self._ready.pop(socket, ()))
+        if socket in self._order:
+            self._order.remove(socket)
+        if self._delayed_count.pop(socket, 0):
+            dropped += [entry[3] for entry in self._delayed if entry[2] == socket]
+            self._delayed = [entry for entry in self._delayed if entry[2] != socket]
+            heapq.heapify(self._delayed)
+        return dropped
+
     @property
     def waiting(self) -> int:
         return sum(len(q) for q in self._ready.values()) + len(self._delayed)

@@ -552,6 +552,8 @@ class TopologyStore:
                 parsed = parsed.set(drivername="postgresql+psycopg")
             if parsed.get_backend_name() == "postgresql":
                 connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT
+                # a silent peer (pulled cable, partition) is noticed within ~25 s, not hours
+                connect_args.update(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
             self.engine = sa.create_engine(parsed, pool_pre_ping=True, echo=echo, connect_args=connect_args)
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError, ValueError) as e:
             raise StoreUnavailable(f"topology store unavailable: bad database url: {e}") from e

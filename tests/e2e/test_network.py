@@ -222,3 +222,37 @@ def test_history_retention_bounds_the_history(ecd_factory: Callable[..., EcdProc
         # finished calls leave the history once older than the retention (the log keeps results)
         wait_for(lambda: client.admin("ls_calls", rows=10)["total"] == 0, 30, what="history pruned")
         assert client.status()["history"]["retention"] == 3.0
+
+
+def test_calls_queued_on_a_socket_deleted_elsewhere_fail_clearly(postgres: Any, ecd_factory: Callable[..., EcdProcess],
+                                                                 sample_repo: str) -> None:
+    """Node a holds queued calls of a socket that node b deletes: a's calls fail with a clear
+    error (durably), instead of waiting forever for a socket that is gone."""
+    from ecctl import RemoteError
+
+    url = postgres.new_database()
+    a = ecd_factory("a", extra=("--db", url, "--name", "a"))
+    b = ecd_factory("b", extra=("--db", url, "--name", "b"))
+    with Client(a.endpoint) as client_a, Client(b.endpoint) as client_b:
+        register_sample(client_a, sample_repo, concurrency=1)
+        client_a.admin("proc_pause", name="proc1")
+        handle = client_a.submit("sample.tasks.echo", ["orphan"])
+        client_b.admin("delete_socket", name="sample.tasks.echo")  # b has no unfinished call on it
+        with pytest.raises(RemoteError, match="SocketRemoved"):
+            handle.get(60)
+        assert client_a.admin("ls_call", id=handle.id)["state"] == "failed"
+    assert a.terminate() == 0
+    a.start()
+    with Client(a.endpoint) as client_a:
+        assert client_a.admin("ls_call", id=handle.id)["state"] == "failed"  # not requeued at start
+
+
+def test_new_code_that_cannot_be_prepared_leaves_the_old_workers_serving(sample: tuple[EcdProcess, Client]) -> None:
+    node, client = sample
+    before = processor_view(client, "proc1")
+    client.admin("update_processor", name="proc1", commit="0123456789abcdef")  # no such commit
+    view = wait_for(lambda: "new code not ready" in (v := processor_view(client, "proc1"))["reason"] and v,
+                    120, what="the failed preparation reported")
+    assert view["status"] == "running" and view["resolved_commit"] == before["resolved_commit"]
+    assert set(view["pids"]) == set(before["pids"])
+    assert client.submit("sample.tasks.add_two", [1, 1]).get(60) == 2
