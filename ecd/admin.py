@@ -119,11 +119,11 @@ class AdminHandler:
         store = node.store
         if op in ("delete_socket", "proc_remove"):
             self._refuse_unfinished(op, _name(args))
-        base = node.topology.version
+        base, epoch = node.topology.version, node.topology.epoch
 
         def work() -> tuple[Any, Any]:
             result = mutation(store)
-            return result, store.changes_since(base)
+            return result, store.changes_since(base, epoch)
 
         def done(outcome: Any, error: BaseException | None) -> None:
             if error is not None:
@@ -140,7 +140,7 @@ class AdminHandler:
 
     def _catch_up(self, delta: Any, base: int, then: Callable[[], None]) -> None:
         sync = self.node.sync
-        current = sync.topology.version
+        current, epoch = sync.topology.version, sync.topology.epoch
         if delta is not None and delta.version <= current:
             then()
             return
@@ -150,7 +150,7 @@ class AdminHandler:
             return
 
         def work() -> Any:
-            return self.node.store.changes_since(current)
+            return self.node.store.changes_since(current, epoch)
 
         def done(newer: Any, error: BaseException | None) -> None:
             if error is not None or newer is None:

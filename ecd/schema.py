@@ -66,6 +66,7 @@ class MetaModel(Base):
     __tablename__ = "meta"
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
+    epoch: Mapped[str | None] = mapped_column(sa.String(36), nullable=True)  # set once, at creation
 
 
 class ChangeModel(Base):

@@ -113,6 +113,7 @@ class TopologySync:
             return
         self._inflight = True
         base = self.topology.version if self.topology is not None else -1
+        epoch = self.topology.epoch if self.topology is not None else ""
 
         def work() -> Any:
             if not self.schema_ready:
@@ -120,7 +121,7 @@ class TopologySync:
                 self.schema_ready = True
             if base < 0 or self.cached_start:
                 return None
-            return self.store.changes_since(base)
+            return self.store.changes_since(base, epoch)
 
         def done(delta: Any, error: BaseException | None) -> None:
             self._inflight = False
@@ -161,7 +162,9 @@ class TopologySync:
                     self._unavailable(error)
                 return
             self.cached_start = False
-            if self.topology is None or snapshot.version != self.topology.version or self.full_loads == 0:
+            current = self.topology
+            if current is None or (snapshot.version, snapshot.epoch) != (current.version, current.epoch) \
+                    or self.full_loads == 0:
                 self._adopt(snapshot, full=True)
 
         self.bg.submit(self.store.snapshot, done)
@@ -231,9 +234,9 @@ def load_cache(path: Path) -> Topology | None:
     try:
         raw = json.loads(path.read_bytes())
         hints = typing.get_type_hints(Topology)
-        values: dict[str, Any] = {"version": int(raw["version"])}
+        values: dict[str, Any] = {"version": int(raw["version"]), "epoch": str(raw.get("epoch", ""))}
         for field in dataclasses.fields(Topology):
-            if field.name == "version":
+            if field.name in values:
                 continue
             def_cls = typing.get_args(hints[field.name])[1]
             values[field.name] = {

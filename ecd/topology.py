@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -211,6 +212,7 @@ class TopologyDelta:
 
     version: int
     changed: dict[str, dict[str, Any]]
+    epoch: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +220,7 @@ class Topology:
     """A consistent view of the whole topology at change ``version``."""
 
     version: int
+    epoch: str = ""  # the database's identity (meta.epoch): versions only compare within one
     queues: dict[str, QueueDef] = dataclasses.field(default_factory=dict)
     nodes: dict[str, NodeDef] = dataclasses.field(default_factory=dict)
     processors: dict[str, ProcessorDef] = dataclasses.field(default_factory=dict)
@@ -236,7 +239,7 @@ class Topology:
                     target.pop(name, None)
                 else:
                     target[name] = value
-        return Topology(version=delta.version, **parts)
+        return Topology(version=delta.version, epoch=delta.epoch or self.epoch, **parts)
 
 
 _MODELS: dict[str, Any] = {
@@ -630,6 +633,10 @@ class TopologyStore:
             raise StoreUnavailable("topology store unavailable: schema missing (run ensure_schema)")
         return int(value)
 
+    @staticmethod
+    def _epoch(session: Session) -> str:
+        return session.scalar(sa.select(MetaModel.epoch).where(MetaModel.id == 1)) or ""
+
     # ------------------------------------------------------------------ schema / version
 
     def ensure_schema(self) -> str:
@@ -653,7 +660,9 @@ class TopologyStore:
                     command.stamp(config, "0001")
                 command.upgrade(config, "head")
                 if conn.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1)) is None:
-                    conn.execute(sa.insert(MetaModel).values(id=1, version=0))
+                    conn.execute(sa.insert(MetaModel).values(id=1, version=0, epoch=str(uuid.uuid4())))
+                elif conn.scalar(sa.select(MetaModel.epoch).where(MetaModel.id == 1)) is None:
+                    conn.execute(sa.update(MetaModel).where(MetaModel.id == 1).values(epoch=str(uuid.uuid4())))
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as e:
             raise self._unavailable(e) from e
         except sa_exc.DBAPIError as e:
@@ -752,16 +761,21 @@ class TopologyStore:
         """Every object plus the version, read in one transaction."""
         with self._reading() as session:
             version = self._version(session)
+            epoch = self._epoch(session)
             parts = {f"{kind}s": {row["name"]: _as_def(kind, row) for row in _load(session, kind)} for kind in KINDS}
-        return Topology(version=version, **parts)
+        return Topology(version=version, epoch=epoch, **parts)
 
-    def changes_since(self, version: int) -> TopologyDelta | None:
+    def changes_since(self, version: int, epoch: str | None = None) -> TopologyDelta | None:
         """The objects changed after ``version``; None when the change log no longer reaches back
-        that far (or ``version`` is ahead of the store): the caller takes a :meth:`snapshot`."""
+        that far, ``version`` is ahead of the store, or (given ``epoch``) the database is not the
+        one that version belongs to (dropped and made again): the caller takes a :meth:`snapshot`."""
         with self._reading() as session:
             current = self._version(session)
+            store_epoch = self._epoch(session)
+            if epoch is not None and epoch != store_epoch:
+                return None
             if version == current:
-                return TopologyDelta(version=current, changed={})
+                return TopologyDelta(version=current, changed={}, epoch=store_epoch)
             oldest = session.scalar(sa.select(sa.func.min(ChangeModel.version)))
             if version > current or oldest is None or oldest > version + 1:
                 return None
@@ -777,7 +791,7 @@ class TopologyStore:
             for kind, names in wanted.items():
                 found = {row["name"]: _as_def(kind, row) for row in _load(session, kind, names)}
                 changed[kind] = {name: found.get(name) for name in sorted(names)}
-        return TopologyDelta(version=current, changed=changed)
+        return TopologyDelta(version=current, changed=changed, epoch=store_epoch)
 
     def export(self) -> dict[str, Any]:
         """The whole network as an apply spec (see :func:`ecd.netspec.export`)."""

@@ -109,3 +109,28 @@ def test_ecd_starts_on_its_cached_topology_while_the_database_is_down(
         wait_for(lambda: _admin_works(client), 60, what="admin after the database returned")
         out = run_ecctl(node.endpoint, "--json", "ls", "calls")
         assert out.returncode == 0 and json.loads(out.stdout)["total"] >= 1
+
+
+def test_a_database_dropped_and_made_again_is_reloaded_whole(postgres: Any, ecd_factory: Callable[..., EcdProcess]) -> None:
+    """Versions only compare within one database: after `ecd db drop` + `init` and a network with
+    more changes than the node had seen, the node drops what is gone instead of patching it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    url = postgres.new_database()
+    node = pg_node(ecd_factory, url, "epoch")
+    with Client(node.endpoint) as client:
+        for i in range(3):
+            client.admin("add_queue", name=f"old{i}")
+        for args in (("drop", "--yes"), ("init",)):
+            proc = subprocess.run([sys.executable, "-m", "ecd", "db", *args, "--db", url], cwd=ROOT,
+                                  capture_output=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr.decode()
+        wait_for(lambda: _admin_works(client), 60, what="admin on the new database")
+        for i in range(6):  # more versions than the node had seen
+            client.admin("add_queue", name=f"new{i}")
+        names = wait_for(lambda: (n := {q["name"] for q in client.status()["queues"]}) >= {f"new{i}" for i in range(6)}
+                         and n, 30, what="the new network")
+        assert not {f"old{i}" for i in range(3)} & names

@@ -407,7 +407,9 @@ class TestTopologyContract:
         assert [s["name"] for s in store.list("socket")] == ["sock1"]
 
     def test_snapshot_and_version(self, store: TopologyStore) -> None:
-        assert store.snapshot() == Topology(version=0, processors={}, sockets={}, queues={})
+        snapshot = store.snapshot()
+        assert len(snapshot.epoch) == 36  # the database's identity, set when it was created
+        assert snapshot == Topology(version=0, epoch=snapshot.epoch, processors={}, sockets={}, queues={})
         populate(store)
         assert store.version() == 3
         snap = store.snapshot()
@@ -749,7 +751,8 @@ class TestChangesContract:
     def test_changes_since(self, store: TopologyStore) -> None:
         world(store)
         base = store.snapshot()
-        assert store.changes_since(base.version) == TopologyDelta(version=base.version, changed={})
+        assert store.changes_since(base.version) == TopologyDelta(version=base.version, changed={}, epoch=base.epoch)
+        assert store.changes_since(base.version, "another-database") is None  # dropped and made again
         store.update("processor", "p1", concurrency=3)
         store.delete("socket", "s3")
         store.add("flow", name="f", processors=["p1"])
@@ -1109,7 +1112,7 @@ class TestMigrationsContract:
         assert store.get("queue", "q1")["description"] is None
         assert store.get("node", "n1")["endpoint"] == "tcp://x:1"
         # the change log starts now: older versions are not in it
-        assert store.changes_since(17) == TopologyDelta(version=17, changed={})
+        assert store.changes_since(17) == TopologyDelta(version=17, changed={}, epoch=store.snapshot().epoch)
         assert store.changes_since(16) is None
         store.add("flow", name="f", processors=["p1"])
         delta = store.changes_since(17)

@@ -3,7 +3,8 @@
 Revision ID: 0002
 Revises: 0001
 
-Adds processor.tag/rate_limit/paused/restarts and a description to queue, node and socket
+Adds processor.tag/rate_limit/paused/restarts, a description to queue, node and socket, and
+meta.epoch (the database's identity)
 (plain ALTER TABLE ADD COLUMN, on SQLite too), then creates plug, deployment, flow, flow_processor,
 change and call (the call history; its events msgpack-packed in the call row).
 """
@@ -39,6 +40,9 @@ def upgrade() -> None:
     for table in ("queue", "node", "socket"):
         with op.batch_alter_table(table, recreate="never") as batch:
             batch.add_column(sa.Column("description", sa.Text, nullable=True))
+    # the database's identity: a node that sees it change (dropped and made again) reloads all
+    with op.batch_alter_table("meta", recreate="never") as batch:
+        batch.add_column(sa.Column("epoch", sa.String(36), nullable=True))
 
     op.create_table(
         "plug",
@@ -113,6 +117,8 @@ def downgrade() -> None:
     for table in ("socket", "node", "queue"):
         with op.batch_alter_table(table, recreate="never") as batch:
             batch.drop_column("description")
+    with op.batch_alter_table("meta", recreate="never") as batch:
+        batch.drop_column("epoch")
     with op.batch_alter_table("processor", recreate="never") as batch:
         for column in ("restarts", "paused", "rate_limit", "tag"):
             batch.drop_column(column)
