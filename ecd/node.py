@@ -311,6 +311,8 @@ class Node:
                         self._time_limit_exceeded(runtime, slot)
                     else:
                         next_at = min(next_at, slot.deadline)
+            if runtime.next_start > mono and self.sockets_of.get(runtime.name):
+                next_at = min(next_at, runtime.next_start)  # a rate-limited call may start then
             if runtime.respawn_at is not None:
                 if runtime.respawn_at <= mono:
                     runtime.respawn_at = None
@@ -612,7 +614,8 @@ class Node:
         if socket is None:
             return False
         runtime = self.runtimes.get(socket.processor)
-        return bool(runtime and runtime.status == RUNNING and runtime.idle and not runtime.paused)
+        return bool(runtime and runtime.status == RUNNING and runtime.idle and not runtime.paused
+                    and (not runtime.next_start or runtime.may_start(time.monotonic())))
 
     def dispatch(self) -> None:
         """Start queued calls on idle workers (one CPU slot each); then, if nothing else is
@@ -636,8 +639,8 @@ class Node:
     def _prefetch(self) -> None:
         for runtime in self.runtimes.values():
             names = self.sockets_of.get(runtime.name)
-            if not names or runtime.status != RUNNING or runtime.paused:
-                continue
+            if not names or runtime.status != RUNNING or runtime.paused or runtime.start_interval:
+                continue  # a rate-limited processor takes calls one start at a time
             if runtime.avg_duration > PREFETCH_MAX_DURATION or len(runtime.slots) > runtime.definition.concurrency:
                 continue  # long calls would hold short ones back; surplus workers must drain
             self._prefetch_into(runtime, names)
@@ -684,6 +687,8 @@ class Node:
         mid-attempt requeues the call without counting it; the attempt's end is written."""
         record = self.active[slot.calls[0]]
         C.mark_running(record, slot.process.pid)
+        if runtime.start_interval:
+            runtime.started(time.monotonic())
         limit = runtime.definition.timelimit
         slot.deadline = time.monotonic() + limit if limit else None
 

@@ -68,6 +68,7 @@ class ProcessorRuntime:
     avg_duration: float = 0.0  # moving average of call run times (seconds)
     early_exits: int = 0  # workers in a row that died before their module was imported
     worker_generation: int = 0  # bumps on every roll; workers of older generations retire
+    next_start: float = 0.0  # with a rate limit: the earliest monotonic time the next call may start
 
     @property
     def name(self) -> str:
@@ -77,6 +78,25 @@ class ProcessorRuntime:
         d = self.definition
         commit = d.commit or (f"refs/tags/{d.tag}" if getattr(d, "tag", None) else None)
         return CodeSpec(gitrepo=d.gitrepo, branch=d.branch, commit=commit, requirements=d.requirements)
+
+    @property
+    def start_interval(self) -> float:
+        """Seconds between call starts its rate limit allows (``"10/s"`` -> 0.1); 0 = no limit.
+        Starts are spaced evenly on this node (a token bucket of one)."""
+        limit = getattr(self.definition, "rate_limit", None)
+        if not limit:
+            return 0.0
+        count, _, unit = limit.partition("/")
+        return {"s": 1.0, "m": 60.0, "h": 3600.0}[unit] / int(count)
+
+    def may_start(self, mono: float) -> bool:
+        return self.next_start <= mono
+
+    def started(self, mono: float) -> None:
+        """A call started: the next may start one interval later."""
+        interval = self.start_interval
+        if interval:
+            self.next_start = max(self.next_start, mono) + interval
 
     @property
     def paused(self) -> bool:

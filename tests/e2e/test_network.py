@@ -256,3 +256,15 @@ def test_new_code_that_cannot_be_prepared_leaves_the_old_workers_serving(sample:
     assert view["status"] == "running" and view["resolved_commit"] == before["resolved_commit"]
     assert set(view["pids"]) == set(before["pids"])
     assert client.submit("sample.tasks.add_two", [1, 1]).get(60) == 2
+
+
+def test_rate_limit_spaces_call_starts(sample: tuple[EcdProcess, Client]) -> None:
+    node, client = sample
+    client.admin("update_processor", name="proc1", rate_limit="5/s")
+    handles = [client.submit("sample.tasks.noop", []) for _ in range(6)]
+    for handle in handles:
+        handle.get(60)
+    starts = sorted(client.admin("ls_call", id=h.id)["started"] for h in handles)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # 5 per second: starts at least 0.2 s apart (a little slack for clock reads), on 2 idle workers
+    assert min(gaps) >= 0.18, gaps
