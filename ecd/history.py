@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import itertools
 import math
 import operator
 from collections.abc import Iterator
@@ -138,7 +139,7 @@ class HistoryStore:
         with self._begin(write=True) as conn:
             for start in range(0, len(ordered), ROWS_PER_STATEMENT):
                 chunk = ordered[start:start + ROWS_PER_STATEMENT]
-                conn.exec_driver_sql(self._upsert_sql(len(chunk)), tuple(value for row in chunk for value in row))
+                conn.exec_driver_sql(self._upsert_sql(len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
 
     def _upsert_sql(self, rows: int) -> str:
         sql = self._upserts.get(rows)
@@ -230,7 +231,7 @@ def _row(call: dict[str, Any]) -> tuple[Any, ...]:
     if values[_ATTEMPTS] is None:
         values[_ATTEMPTS] = 0
     events = call.get("events") or ()
-    if not all(type(event) in (list, tuple) and len(event) == 3 for event in events):
+    if events and (type(events[0]) is not list or len(events[0]) != 3):
         events = [_event(event) for event in events]  # not the daemon's [name, time, note] lists
     values.append(msgpack.packb(events, use_bin_type=True, default=str))
     return tuple(values)
