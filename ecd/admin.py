@@ -53,10 +53,7 @@ def _mutation(op: str, args: dict[str, Any]) -> Callable[[Any], Any] | None:
     if action == "proc" and kind in _PROC_FIELDS:
         return lambda store: store.update("processor", _name(args), **_PROC_FIELDS[kind])
     if op == "proc_restart":
-        def restart(store: Any) -> Any:
-            current = store.get("processor", _name(args))
-            return store.update("processor", current["name"], restarts=int(current.get("restarts") or 0) + 1)
-        return restart
+        return lambda store: store.restart_processor(_name(args))
     if op == "proc_remove":
         return lambda store: store.remove_processor(_name(args))
     if op == "apply":
@@ -153,10 +150,11 @@ class AdminHandler:
             return self.node.store.changes_since(current, epoch)
 
         def done(newer: Any, error: BaseException | None) -> None:
-            if error is not None or newer is None:
-                if error is None:
-                    sync.request()  # the change log no longer reaches back: a full load follows
-                then()
+            if error is None and newer is None:
+                sync.reload(then)  # the change log no longer reaches back: answer after a full load
+                return
+            if error is not None:
+                then()  # the change is stored; this node catches up on its next check
                 return
             self._catch_up(newer, current, then)
 

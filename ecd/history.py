@@ -137,9 +137,15 @@ class HistoryStore:
         # Sorted by key: concurrent writers take row locks in one order (no deadlocks).
         ordered = [rows[k] for k in sorted(rows)]
         with self._begin(write=True) as conn:
-            for start in range(0, len(ordered), ROWS_PER_STATEMENT):
-                chunk = ordered[start:start + ROWS_PER_STATEMENT]
-                conn.exec_driver_sql(self._upsert_sql(len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
+            start = 0
+            while start < len(ordered):
+                # full statements, then the tail in power-of-two sizes: a handful of statement
+                # texts, built once, whatever the batch sizes
+                left = len(ordered) - start
+                size = ROWS_PER_STATEMENT if left >= ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
+                chunk = ordered[start:start + size]
+                conn.exec_driver_sql(self._upsert_sql(size), tuple(itertools.chain.from_iterable(chunk)))
+                start += size
 
     def _upsert_sql(self, rows: int) -> str:
         sql = self._upserts.get(rows)
@@ -152,8 +158,7 @@ class HistoryStore:
             updates = ", ".join(f"{preparer.quote(c)} = excluded.{preparer.quote(c)}" for c in columns if c != "id")
             sql = (f"INSERT INTO {preparer.quote(_CALL.name)} ({names}) VALUES {', '.join([one] * rows)} "
                    f"ON CONFLICT ({preparer.quote('id')}) DO UPDATE SET {updates}")
-            if len(self._upserts) < 8:  # full chunks and a few tails
-                self._upserts[rows] = sql
+            self._upserts[rows] = sql  # at most 10 sizes: ROWS_PER_STATEMENT and powers of two
         return sql
 
     def prune(self, before: float) -> int:

@@ -142,6 +142,11 @@ class TopologySync:
 
         self.bg.submit(work, done)
 
+    def reload(self, then: Callable[[], None]) -> None:
+        """Read the whole topology again (the change log no longer reaches back, or the database
+        is another one), adopt it, then call ``then`` (loop thread)."""
+        self._full_load(then)
+
     def absorb(self, delta: Any, base: int) -> None:
         """Adopt ``delta`` (read from ``base``); a stale or out-of-order delta asks again."""
         current = self.topology
@@ -155,8 +160,15 @@ class TopologySync:
             return
         self._adopt(current.apply(delta), full=False)
 
-    def _full_load(self) -> None:
+    def _full_load(self, then: Callable[[], None] | None = None) -> None:
         def done(snapshot: Any, error: BaseException | None) -> None:
+            try:
+                adopt(snapshot, error)
+            finally:
+                if then is not None:
+                    then()
+
+        def adopt(snapshot: Any, error: BaseException | None) -> None:
             if error is not None:
                 if isinstance(error, StoreUnavailable):
                     self._unavailable(error)

@@ -697,6 +697,14 @@ class TopologyStore:
         with self._writing() as writer:
             return writer.delete(kind, name)
 
+    def restart_processor(self, name: str) -> dict[str, Any]:
+        """Bump the processor's ``restarts`` counter (every node rolls its workers), atomically:
+        two restarts at once are two restarts."""
+        check_name(name, "processor name")
+        with self._writing() as writer:
+            current = writer.get("processor", name)
+            return writer.update("processor", name, {"restarts": int(current.get("restarts") or 0) + 1})[0]
+
     def remove_processor(self, name: str) -> dict[str, Any]:
         """Delete a processor with its sockets, the plugs on them, its deployments and flow memberships."""
         check_name(name, "processor name")

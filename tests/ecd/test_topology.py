@@ -632,6 +632,18 @@ class TestKindsContract:
             store.delete(kind, name)
         assert store.version() == v + 9
 
+    def test_concurrent_restarts_each_count(self, make_store: Callable[[], TopologyStore]) -> None:
+        first, second = make_store(), make_store()
+        first.add("processor", name="p1", gitrepo=GITREPO, module="pkg.mod")
+        threads = [threading.Thread(target=store.restart_processor, args=("p1",)) for store in (first, second) * 3]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert first.get("processor", "p1")["restarts"] == 6
+        with pytest.raises(NotFound, match="processor 'nope' does not exist"):
+            first.restart_processor("nope")
+
     def test_remove_processor(self, store: TopologyStore) -> None:
         world(store)
         store.add("socket", name="s0", processor="p1", function="f", queue="q1")
