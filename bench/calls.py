@@ -8,12 +8,11 @@ p50/p99; (b) throughput of N calls with a bounded window in flight on one connec
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
 
-from .harness import ThrowawayNode
+from .harness import ThrowawayNode, print_result
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -77,10 +76,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     result = run(args.latency_calls, args.calls, args.window, args.cpus, args.workers)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
+    print_result(result, args.json)
     return 0

@@ -3,6 +3,7 @@ example processor from a fresh git repository; everything is stopped and removed
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,9 +13,20 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sample"
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    """A benchmark's figures: one JSON object, or aligned ``key  value`` lines."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
 
 
 class ThrowawayNode:

@@ -8,11 +8,11 @@ store, and reports the medians and the cost of export in percent (target: under 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from typing import Any
 
 from . import calls
+from .harness import print_result
 
 
 def run(rounds: int, throughput_calls: int, window: int) -> dict[str, Any]:
@@ -44,10 +44,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=1024)
     args = parser.parse_args(argv)
     result = run(args.rounds, args.calls, args.window)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
+    print_result(result, args.json)
     return 0

@@ -10,7 +10,6 @@ the poll/push ratio are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import statistics
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import ThrowawayNode
+from .harness import ThrowawayNode, print_result
 
 
 def _propagation(db_url: str, rounds: int) -> list[float]:
@@ -82,10 +81,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args(argv)
     result = run(args.rounds)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
+    print_result(result, args.json)
     return 0
