@@ -14,12 +14,13 @@ was away is caught up. It never blocks the loop, and it never raises into it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 import psycopg
 import sqlalchemy as sa
+
+from .background import WakePipe
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,7 @@ class ChangeListener:
         self._channel = channel
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ecd-listen", daemon=True)
-        self._rfd, self._wfd = os.pipe()
-        os.set_blocking(self._rfd, False)
-        os.set_blocking(self._wfd, False)
-        self._fd_lock = threading.Lock()  # the thread never writes to an fd close() released
-        self._closed = False
+        self._wake_pipe = WakePipe()
         self.connected = False
         self.notifications = 0
         self.reconnects = 0
@@ -61,7 +58,7 @@ class ChangeListener:
     @property
     def wake_fd(self) -> int:
         """Readable when a change was notified (or the listener reconnected)."""
-        return self._rfd
+        return self._wake_pipe.fd
 
     def start(self) -> None:
         """Start listening in the background."""
@@ -69,33 +66,14 @@ class ChangeListener:
 
     def drain(self) -> None:
         """Empty the wake pipe (loop thread)."""
-        try:
-            while os.read(self._rfd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._wake_pipe.drain()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the thread and close the pipe."""
+        """Stop the thread and close the pipe (a thread still connecting writes nothing after)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        with self._fd_lock:
-            self._closed = True
-        for fd in (self._rfd, self._wfd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _wake(self) -> None:
-        with self._fd_lock:
-            if self._closed:
-                return
-            try:
-                os.write(self._wfd, b"x")
-            except BlockingIOError:
-                pass  # a full pipe wakes the loop anyway
+        self._wake_pipe.close()
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN
@@ -127,12 +105,12 @@ class ChangeListener:
             self.reconnects += 1
             self.connected = True
             self.last_error = ""
-            self._wake()  # catch up whatever was committed while we were not listening
+            self._wake_pipe.wake()  # catch up whatever was committed while we were not listening
             probe_at = time.monotonic() + PROBE_INTERVAL
             while not self._stop.is_set():
                 for _ in conn.notifies(timeout=WAIT):
                     self.notifications += 1
-                    self._wake()
+                    self._wake_pipe.wake()
                 if time.monotonic() >= probe_at:
                     conn.execute("SELECT 1")
                     probe_at = time.monotonic() + PROBE_INTERVAL
