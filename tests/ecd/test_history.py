@@ -264,20 +264,12 @@ def test_missing_schema_is_store_unavailable(db_url: str) -> None:
         store.engine.dispose()
 
 
-def test_unreachable_sqlite_is_store_unavailable(tmp_path: Path) -> None:
-    store = TopologyStore(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'topology.db'}")
-    try:
-        history = HistoryStore(store.engine)
-        for operation in (lambda: history.write([call("c1")]), lambda: history.page(1, 10),
-                          lambda: history.get("c1"), lambda: history.prune(1.0)):
-            with pytest.raises(StoreUnavailable, match="^topology store unavailable: "):
-                operation()
-    finally:
-        store.engine.dispose()
-
-
-def test_unreachable_postgresql_is_store_unavailable() -> None:
-    store = TopologyStore(f"postgresql://ec@127.0.0.1:{free_port()}/nothing?connect_timeout=5")
+@pytest.mark.parametrize("url", [
+    "sqlite:///{tmp}/no/such/dir/topology.db",
+    "postgresql://ec@127.0.0.1:{port}/nothing?connect_timeout=5",
+], ids=["sqlite", "postgresql"])
+def test_unreachable_database_is_store_unavailable(url: str, tmp_path: Path) -> None:
+    store = TopologyStore(url.format(tmp=tmp_path, port=free_port()))
     try:
         history = HistoryStore(store.engine)
         for operation in (lambda: history.write([call("c1")]), lambda: history.page(1, 10),
