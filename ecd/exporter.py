@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from .background import Background
 from .errors import StoreUnavailable
+from .history import FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class HistoryExporter:
         self.prune_every = min(PRUNE_EVERY, max(retention / 4, 0.5))
         self._next_prune = time.monotonic() + self.prune_every
         self._backoff = interval
+        self._down = False  # the last batch found the database away
 
     @property
     def wake_fd(self) -> int:
@@ -66,8 +68,9 @@ class HistoryExporter:
         self.bg.drain()
 
     def note(self, record: dict[str, Any]) -> None:
-        """The call's durable record changed (loop thread)."""
-        self.pending[record["id"]] = (record, time.monotonic())
+        """The call's durable record changed (loop thread). While the database is away the note
+        is a copy without the call's arguments and result, so a long outage holds no payloads."""
+        self.pending[record["id"]] = (_slim(record) if self._down else record, time.monotonic())
         if len(self.pending) > self.max_pending:
             self._shed()
 
@@ -135,8 +138,8 @@ class HistoryExporter:
         return batch
 
     def _put_back(self, batch: list[tuple[dict[str, Any], float]]) -> None:
-        for entry in batch:
-            self.pending.setdefault(entry[0]["id"], entry)  # a newer note of the call wins
+        for record, noted in batch:  # a newer note of the call wins; no payloads kept waiting
+            self.pending.setdefault(record["id"], (_slim(record), noted))
 
     def _flush(self, mono: float) -> None:
         settled = mono - self.interval
@@ -151,6 +154,7 @@ class HistoryExporter:
             now = time.monotonic()
             if error is None:
                 self.exported += len(batch)
+                self._down = False
                 self._backoff = self.interval
                 self._next_flush = now + (0 if len(batch) >= self.batch else self.interval)
                 return
@@ -162,6 +166,7 @@ class HistoryExporter:
                 self.dropped += len(batch)
                 self._next_flush = now + self.interval
                 return
+            self._down = True
             self._put_back(batch)
             if self.failed_batches == 1 or self._backoff < MAX_BACKOFF:
                 logger.warning("call history not exported (%d pending, retrying): %s",
@@ -194,3 +199,10 @@ class HistoryExporter:
         self.dropped += excess
         logger.warning("call history: dropped the %d oldest note(s) the database could not take (%d so far)",
                        excess, self.dropped)
+
+
+def _slim(record: dict[str, Any]) -> dict[str, Any]:
+    """What the history keeps of a call: its summary fields and events (no payloads)."""
+    slim = {key: record.get(key) for key in FIELDS}
+    slim["events"] = [list(event) for event in record.get("events") or ()]
+    return slim

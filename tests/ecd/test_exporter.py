@@ -63,3 +63,21 @@ def test_unfinished_calls_wait_one_interval_finished_ones_go_at_once(store: Topo
         assert history.get("c000002")["state"] == "queued"
     finally:
         exporter.close()
+
+
+def test_an_outage_holds_no_payloads() -> None:
+    engine = sa.create_engine(f"postgresql+psycopg://ec@127.0.0.1:{free_port()}/none",
+                              connect_args={"connect_timeout": 1})
+    exporter = HistoryExporter(HistoryStore(engine), interval=0.01)
+    try:
+        big = {**record(1), "args": b"x" * 1_000_000, "result": b"y" * 1_000_000}
+        exporter.note(big)
+        exporter.tick(time.monotonic())
+        wait_for(lambda: (exporter.drain(), exporter.failed_batches)[1] >= 1, 30, what="a failed batch")
+        kept, _ = exporter.pending["c000001"]
+        assert "args" not in kept and "result" not in kept and kept["state"] == "done"
+        exporter.note({**record(2), "args": b"z" * 1_000_000})  # noted during the outage
+        assert "args" not in exporter.pending["c000002"][0]
+    finally:
+        exporter.close()
+        engine.dispose()
