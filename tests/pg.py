@@ -33,12 +33,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 #: Where Debian/Ubuntu put the PostgreSQL 15 server binaries.
 DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
@@ -63,15 +64,6 @@ def _port_open(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; RuntimeError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -192,7 +184,7 @@ class PostgresServer:
             return
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(self.log_path))
         self._last_pid = self._postmaster_pid()
-        _wait(lambda: _port_open(self.port), 60, f"PostgreSQL on port {self.port}")
+        wait_for(lambda: _port_open(self.port), 60, what=f"PostgreSQL on port {self.port}")
 
     def stop(self, mode: str = "fast") -> None:
         """Shut the server down (``fast`` or ``immediate``); returns once the port refuses."""
@@ -201,7 +193,7 @@ class PostgresServer:
         if self.running:
             self._last_pid = self._postmaster_pid()
             self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", mode, "-D", str(self.data_dir))
-        _wait(lambda: not _port_open(self.port), 60, f"port {self.port} to refuse connections")
+        wait_for(lambda: not _port_open(self.port), 60, what=f"port {self.port} to refuse connections")
 
     def new_database(self) -> str:
         """Create a fresh database owned by ``ec`` and return its URL."""
@@ -219,7 +211,7 @@ class PostgresServer:
             pass  # the PID check below finishes the job
         if pid is not None and _alive(pid) and self._is_our_postmaster(pid):
             os.kill(pid, signal.SIGKILL)
-            _wait(lambda: not _alive(pid), 30, f"postmaster {pid} to exit")
+            wait_for(lambda: not _alive(pid), 30, what=f"postmaster {pid} to exit")
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _is_our_postmaster(self, pid: int) -> bool:
