@@ -131,34 +131,9 @@ class AdminHandler:
             logger.info("admin %s %s", op, args.get("name", ""))
             # answer once this node runs on the new topology: a client that adds a socket and
             # calls it at once never sees "unknown socket"
-            self._catch_up(delta, base, lambda: self._reply(peer, request_id, self._result(op, result)))
+            node.sync.catch_up(delta, base, lambda: self._reply(peer, request_id, self._result(op, result)))
 
         node.bg_db.submit(work, done)
-
-    def _catch_up(self, delta: Any, base: int, then: Callable[[], None]) -> None:
-        sync = self.node.sync
-        current, epoch = sync.topology.version, sync.topology.epoch
-        if delta is not None and delta.version <= current:
-            then()
-            return
-        if delta is not None and base == current:
-            sync.absorb(delta, base)
-            then()
-            return
-
-        def work() -> Any:
-            return self.node.store.changes_since(current, epoch)
-
-        def done(newer: Any, error: BaseException | None) -> None:
-            if error is None and newer is None:
-                sync.reload(then)  # the change log no longer reaches back: answer after a full load
-                return
-            if error is not None:
-                then()  # the change is stored; this node catches up on its next check
-                return
-            self._catch_up(newer, current, then)
-
-        self.node.bg_db.submit(work, done)
 
     def _result(self, op: str, result: Any) -> Any:
         action, _, kind = op.partition("_")

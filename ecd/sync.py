@@ -142,6 +142,29 @@ class TopologySync:
 
         self.bg.submit(work, done)
 
+    def catch_up(self, delta: Any, base: int, then: Callable[[], None]) -> None:
+        """Serve at least ``delta`` (read from ``base`` right after a change this node wrote),
+        then call ``then``: what was read in between, or a full load, is caught up first."""
+        current = self.topology
+        if delta is not None and delta.version <= current.version:
+            then()
+            return
+        if delta is not None and base == current.version:
+            self.absorb(delta, base)
+            then()
+            return
+        version, epoch = current.version, current.epoch
+
+        def done(newer: Any, error: BaseException | None) -> None:
+            if error is None and newer is None:
+                self.reload(then)  # the change log no longer reaches back: answer after a full load
+            elif error is not None:
+                then()  # the change is stored; this node catches up on its next check
+            else:
+                self.catch_up(newer, version, then)
+
+        self.bg.submit(lambda: self.store.changes_since(version, epoch), done)
+
     def reload(self, then: Callable[[], None]) -> None:
         """Read the whole topology again (the change log no longer reaches back, or the database
         is another one), adopt it, then call ``then`` (loop thread)."""
