@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import calls, history, topology
+from . import calls, history, mesh, topology
 
-BENCHES = {"calls": calls.main, "history": history.main, "topology": topology.main}
+BENCHES = {"calls": calls.main, "history": history.main, "mesh": mesh.main,
+           "topology": topology.main}
 
 
 def main(argv: list[str] | None = None) -> int:

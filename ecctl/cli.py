@@ -1,8 +1,9 @@
 """The ``ecctl`` command line: one click group whose commands only call :class:`Client`.
 
-This module holds the group, ``run``/``task run``, ``status``, ``ping``, ``apply`` and
-``export``; the object commands (``add``, ``update``, ``delete``, ``ls``, ``proc``) are in
-:mod:`ecctl.objects`, network files in :mod:`ecctl.spec`.
+This module holds the group, ``run``/``task run``, ``status``, ``ping``, ``apply``,
+``export``, the mesh's ``node drain|undrain`` and its ``ls nodes`` table; the other object
+commands (``add``, ``update``, ``delete``, ``ls``, ``proc``) are in :mod:`ecctl.objects`,
+network files in :mod:`ecctl.spec`.
 
 Options resolve as defaults -> ``--config`` TOML file -> environment -> flags. Exit codes:
 0 ok, 1 the call or the request failed, 2 usage error, unreadable network file or no daemon.
@@ -22,6 +23,7 @@ import click
 import protocol
 
 from . import output, spec
+from .client import DEFAULT_DRAIN_TIMEOUT
 from .context import DEFAULT_TIMEOUT, State, json_option, show, state_of
 from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError, SpecError
 from .objects import add_group, delete_cmd, ls_group, proc_group, update_group
@@ -67,8 +69,9 @@ def _load_config(path: str | None) -> dict[str, Any]:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--endpoint", envvar="EC_ENDPOINT", metavar="URL",
-              help="Daemon endpoint (ipc://... or tcp://...); env EC_ENDPOINT.")
+@click.option("--endpoint", envvar="EC_ENDPOINT", metavar="URL[,URL...]",
+              help="Daemon endpoint (ipc://... or tcp://...), or several separated by commas: "
+                   "a node that does not answer is left for the next; env EC_ENDPOINT.")
 @click.option("--timeout", envvar="EC_TIMEOUT", type=float, metavar="SECONDS",
               help=f"Per-request deadline (default {DEFAULT_TIMEOUT:g}); env EC_TIMEOUT.")
 @click.option("--config", "config_path", envvar="EC_CONFIG", type=click.Path(dir_okay=False),
@@ -273,8 +276,88 @@ def export_cmd(ctx: click.Context, fmt: str, json_flag: bool) -> None:
     click.echo(spec.dump(network, "json" if state.json else fmt), nl=False)
 
 
+# ------------------------------------------------------------------------- the mesh
+
+#: ``ls nodes``: each node's view in the mesh (``--json`` adds version, last_seen, node_id).
+NODE_HEADERS = ["Name", "State", "CPUs", "Busy", "Depth", "Load", "Mem", "Disk", "Endpoint"]
+
+
+def node_row(node: dict[str, Any]) -> list[Any]:
+    """One ``ls nodes`` row; a field an older daemon leaves out shows as ``-``."""
+    return [node.get("name"), node.get("state") or None, node.get("cpus"), node.get("busy"),
+            node.get("depth"), output.fmt_percent(node.get("load")),
+            output.fmt_percent(node.get("memory")), output.fmt_percent(node.get("disk")),
+            node.get("endpoint") or None]
+
+
+@click.command("nodes")
+@json_option
+@click.pass_context
+def ls_nodes_cmd(ctx: click.Context, json_flag: bool) -> None:
+    """List nodes: state, CPUs, busy slots, queued calls, load, memory and disk use
+    (a table; --json for every field)."""
+    state = state_of(ctx, json_flag)
+    nodes = state.client.ls("nodes")
+    if state.json:
+        click.echo(output.to_json(nodes))
+        return
+    click.echo(output.table(NODE_HEADERS, [node_row(n) for n in nodes or []]))
+
+
+@cli.group("node")
+def node_group() -> None:
+    """Take a node of the mesh out of service (drain) and back (undrain)."""
+
+
+def _drain_line(name: str, reply: Any) -> str:
+    state = reply.get("state") if isinstance(reply, dict) else None
+    if state in (None, "draining"):
+        return f"node {name}: draining (its queued calls move to peers; running calls finish)"
+    return f"node {name}: {state}"
+
+
+@node_group.command("drain")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Return only once the node is drained.")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_DRAIN_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="With --wait: fail (exit 1) if the node is not drained by then.")
+@json_option
+@click.pass_context
+def node_drain_cmd(ctx: click.Context, name: str, wait: bool, wait_timeout: float,
+                   json_flag: bool) -> None:
+    """Drain node NAME (e.g. before maintenance).
+
+    The node takes no new calls, hands its queued calls to its peers and lets its running calls
+    finish. --json prints the daemon's reply (with --wait: the node's `ls nodes` entry once
+    drained).
+    """
+    state = state_of(ctx, json_flag)
+    reply = state.client.drain(name)
+    if not wait or (isinstance(reply, dict) and reply.get("state") == "drained"):
+        show(state, reply, _drain_line(name, reply))
+        return
+    if not state.json:
+        click.echo(_drain_line(name, reply))
+    entry = state.client.wait_drained(name, wait_timeout)
+    show(state, entry, f"node {name}: drained")
+
+
+@node_group.command("undrain")
+@click.argument("name")
+@json_option
+@click.pass_context
+def node_undrain_cmd(ctx: click.Context, name: str, json_flag: bool) -> None:
+    """Let a drained (or draining) node NAME take calls again."""
+    state = state_of(ctx, json_flag)
+    reply = state.client.undrain(name)
+    show(state, reply, f"node {name}: undrained")
+
+
 for _command in (add_group, update_group, delete_cmd, ls_group, proc_group):
     cli.add_command(_command)
+# ``ls nodes`` shows the mesh columns above instead of the plain listing of ecctl.objects.
+ls_group.add_command(ls_nodes_cmd)
 
 
 def main() -> None:

@@ -4,6 +4,17 @@ A :class:`Client` owns one DEALER socket, created lazily by the first request an
 lock. Do not share a Client across ``fork()``: the child notices the pid change and builds a
 fresh socket, but the parent's socket is never used from the child.
 
+Failover: the endpoint may be a comma-separated list (the nodes of a mesh). The client talks to
+one endpoint at a time, starting with the first. When a request gets no answer within
+``attempt_timeout`` (plus the time a GET may be held), when the ipc socket file is missing or
+the endpoint cannot be connected, or when the node answers ERROR 503 (shutting down), the
+client closes its socket, moves to the next endpoint (round robin, a short pause after each
+full round) and re-sends the same request, until the caller's deadline. With one endpoint the
+request is re-sent to that one endpoint, as before. A CALL re-sent elsewhere keeps its call id
+(a duplicate there); a GET, PING or ADMIN is simply sent again. So an admin change that a live
+but slow node has not answered within ``attempt_timeout`` may reach the next node too, which
+then refuses it as already made (e.g. 409 for an ``add``).
+
 Calls are durable once :meth:`Client.call` returns: the daemon answered ACCEPTED after its
 write-ahead log committed the call. A CALL that gets no answer is re-sent with the same call id
 (the daemon answers duplicates with ``duplicate=True`` and does not queue them twice), so a
@@ -30,12 +41,24 @@ from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENDPOINT", "KINDS", "PROC_ACTIONS", "AsyncResult", "Client", "Function",
-           "Signature", "Socket", "default_endpoint", "resolve_endpoints"]
+__all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "DEFAULT_DRAIN_TIMEOUT", "DEFAULT_ENDPOINT", "FAILOVER_WAIT_MS",
+           "KINDS", "PROC_ACTIONS", "AsyncResult", "Client", "Function", "Signature", "Socket",
+           "default_endpoint", "resolve_endpoints"]
 
 DEFAULT_ENDPOINT = "ipc:///var/lib/ec/ecd.sock"
 MAX_WAIT_MS = 5000          # longest single GET long-poll
-_RETRY_PAUSE = 0.2          # pause before retrying when the daemon is away
+#: Longest GET long-poll with several endpoints: a dead node is noticed within
+#: FAILOVER_WAIT_MS + ``attempt_timeout``.
+FAILOVER_WAIT_MS = 1500
+#: Seconds one endpoint of several may take to answer before the next one is tried.
+DEFAULT_ATTEMPT_TIMEOUT = 1.5
+#: Seconds ``wait_drained`` waits by default, and between two of its ``ls_nodes``.
+DEFAULT_DRAIN_TIMEOUT = 300.0
+DRAIN_POLL_INTERVAL = 1.0
+#: Seconds a node that did not answer a request in time gets to answer PING before the client
+#: moves to the next endpoint.
+PING_PROBE = 0.5
+_RETRY_PAUSE = 0.2          # pause before retrying when the daemon is away (and between rounds)
 #: Kinds of network objects, in dependency order (ecd/DESIGN-3.md).
 KINDS = ("queue", "node", "processor", "socket", "plug", "deployment", "flow")
 #: What ``ecctl proc`` / :meth:`Client.proc` can do to a processor.
@@ -72,25 +95,47 @@ def _ipc_path(endpoint: str) -> str | None:
 
 
 class Client:
-    """Connection to one ecd daemon.
+    """Connection to an ecd daemon, or to one of several (``"tcp://a:7800,tcp://b:7800"``).
 
     ``timeout`` is the deadline of one request (a CALL is re-sent inside it); ``connect_timeout``
-    bounds the first exchange: no answer by then raises :class:`NoDaemon`.
+    bounds the first exchange: no answer by then raises :class:`NoDaemon` (with several
+    endpoints, every endpoint gets at least one ``attempt_timeout`` first). With several
+    endpoints one attempt lasts ``attempt_timeout`` (plus the GET long-poll wait) before the
+    next endpoint is tried; see the module docstring.
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
-                 connect_timeout: float = 5.0, resend_interval: float | None = None) -> None:
-        self.endpoints = resolve_endpoints(endpoint)
-        self.endpoint = self.endpoints[0]
+                 connect_timeout: float = 5.0, resend_interval: float | None = None,
+                 attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT) -> None:
+        self._endpoints = resolve_endpoints(endpoint)
+        self._index = 0              # the endpoint in use
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.resend_interval = (float(resend_interval) if resend_interval is not None
                                 else max(1.0, self.timeout / 5))
+        self.attempt_timeout = float(attempt_timeout)
         self._lock = threading.RLock()
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._pid = os.getpid()
         self._answered = False       # True once any reply came back
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every endpoint, in the order they are tried."""
+        return list(self._endpoints)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint in use (the first until a failover)."""
+        return self._endpoints[self._index]
+
+    @property
+    def _several(self) -> bool:
+        return len(self._endpoints) > 1
+
+    def _all(self) -> str:
+        return ",".join(self._endpoints)
 
     # -- socket management -------------------------------------------------------------
 
@@ -111,7 +156,11 @@ class Client:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
             sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
             sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 65536)
-            sock.connect(self.endpoint)
+            try:
+                sock.connect(self.endpoint)
+            except zmq.ZMQError as exc:   # malformed endpoint, ipc path too long, ...
+                sock.close(linger=0)
+                raise EcctlError(f"cannot connect to {self.endpoint}: {exc}") from exc
             self._sock = sock
         return self._sock
 
@@ -120,6 +169,13 @@ class Client:
         if self._sock is not None and self._pid == os.getpid():
             self._sock.close(linger=0)
         self._sock = None
+
+    def _advance(self, why: str) -> None:
+        """Close the socket and move to the next endpoint (round robin)."""
+        old = self.endpoint
+        self._reset()
+        self._index = (self._index + 1) % len(self._endpoints)
+        log.info("%s %s; trying %s", old, why, self.endpoint)
 
     def close(self) -> None:
         """Close this client's socket (the process-wide ZeroMQ context stays)."""
@@ -144,9 +200,22 @@ class Client:
     # -- requests ------------------------------------------------------------------------
 
     def _check_ipc(self) -> None:
-        path = _ipc_path(self.endpoint)
-        if path is not None and not os.path.exists(path):
+        if not self._reachable():
             raise NoDaemon(self.endpoint)
+
+    def _skip_unreachable(self, *, raise_if_none: bool) -> None:
+        """Move to the first endpoint, from the current one on, whose ipc file exists."""
+        for _ in range(len(self._endpoints)):
+            if self._reachable():
+                return
+            self._advance("has no socket file")
+        if raise_if_none:
+            raise NoDaemon(self._all())
+
+    def _reachable(self) -> bool:
+        """False when the current endpoint is an ipc socket file that does not exist."""
+        path = _ipc_path(self.endpoint)
+        return path is None or os.path.exists(path)
 
     def _exchange(self, msg: Any, timeout: float) -> Any | None:
         """Send ``msg`` once; the matching reply, or None (socket reset) when none came."""
@@ -180,33 +249,106 @@ class Client:
 
         ``wait`` is extra time the daemon may legitimately hold the request (GET long-poll).
         With ``resend`` the request is re-sent every ``resend_interval`` until the deadline.
+        With several endpoints every request is re-sent to the next endpoint after an
+        unanswered attempt (see the module docstring).
         Raises NoDaemon, CallTimeout, or ServerError for an ERROR reply.
         """
         with self._lock:
-            if not self._answered:  # once the daemon answered, a lost socket shows as a timeout
-                self._check_ipc()
-            msg = dataclasses.replace(msg, request_id=os.urandom(8))
-            start = time.monotonic()
-            deadline = start + (self.timeout if timeout is None else timeout) + wait
-            first = not self._answered
-            if first:
-                deadline = min(deadline, start + self.connect_timeout + wait)
-            while True:
-                remaining = deadline - time.monotonic()
-                attempt = min(remaining, self.resend_interval + wait) if resend else remaining
-                reply = self._exchange(msg, max(attempt, 0.0))
-                if reply is not None:
-                    break
-                if time.monotonic() >= deadline:
-                    if first:
-                        raise NoDaemon(self.endpoint)
-                    raise CallTimeout(f"no reply from {self.endpoint} in time")
-                self._check_ipc()
-                log.debug("no reply yet, re-sending %s", type(msg).__name__)
+            if self._several:
+                reply = self._request_failover(msg, wait, timeout)
+            else:
+                reply = self._request_one(msg, wait, resend, timeout)
             self._answered = True
         if isinstance(reply, protocol.Error):
             raise ServerError(reply.code, reply.reason, reply.detail)
         return reply
+
+    def _deadline(self, wait: float, timeout: float | None, connect: float) -> float:
+        """Deadline of a request; bounded by ``connect`` while no daemon has answered yet."""
+        start = time.monotonic()
+        deadline = start + (self.timeout if timeout is None else timeout) + wait
+        if not self._answered:
+            deadline = min(deadline, start + connect + wait)
+        return deadline
+
+    def _request_one(self, msg: Any, wait: float, resend: bool, timeout: float | None) -> Any:
+        """One endpoint: re-send to it until the deadline; a missing ipc file is NoDaemon."""
+        if not self._answered:  # once the daemon answered, a lost socket shows as a timeout
+            self._check_ipc()
+        msg = dataclasses.replace(msg, request_id=os.urandom(8))
+        first = not self._answered
+        deadline = self._deadline(wait, timeout, self.connect_timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            attempt = min(remaining, self.resend_interval + wait) if resend else remaining
+            reply = self._exchange(msg, max(attempt, 0.0))
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                if first:
+                    raise NoDaemon(self.endpoint)
+                raise CallTimeout(f"no reply from {self.endpoint} in time")
+            self._check_ipc()
+            log.debug("no reply yet, re-sending %s", type(msg).__name__)
+
+    def _request_failover(self, msg: Any, wait: float, timeout: float | None) -> Any:
+        """Several endpoints: one attempt per endpoint in turn until one answers or the
+        deadline; ERROR 503 also moves on (and is the reply once every endpoint gave it)."""
+        msg = dataclasses.replace(msg, request_id=os.urandom(8))
+        first = not self._answered
+        count = len(self._endpoints)
+        deadline = self._deadline(wait, timeout,
+                                  max(self.connect_timeout, count * self.attempt_timeout))
+        unavailable: dict[str, Any] = {}   # endpoint -> its ERROR 503 in this request
+        unusable: dict[str, str] = {}      # endpoint -> why it could not be tried this round
+        attempts = 0
+        while True:
+            endpoint = self.endpoint
+            reply = None
+            if not self._reachable():
+                unusable[endpoint] = "has no socket file"
+            else:
+                remaining = deadline - time.monotonic()
+                try:
+                    attempt = min(remaining, self.attempt_timeout + wait)
+                    reply = self._exchange(msg, max(attempt, 0.0))
+                except EcctlError as exc:   # the endpoint cannot be connected
+                    log.warning("%s", exc)
+                    unusable[endpoint] = str(exc)
+            if reply is None and endpoint not in unusable and self._answers_ping(deadline):
+                continue  # alive, only slow (say, waiting for a replica): ask it again, not another
+                #           node, which would accept a re-sent CALL as a second, separate call
+            if reply is not None:
+                if not (isinstance(reply, protocol.Error) and reply.code == protocol.E_UNAVAILABLE):
+                    return reply
+                unavailable[endpoint] = reply
+                if len(unavailable) == count:    # no node can take it now: say so
+                    return reply
+            attempts += 1
+            if time.monotonic() >= deadline:
+                if unavailable:
+                    return next(reversed(unavailable.values()))
+                if first:
+                    raise NoDaemon(self._all())
+                raise CallTimeout(f"no reply from {self._all()} in time")
+            self._advance("is unavailable" if reply is not None
+                          else unusable.get(endpoint, "did not answer"))
+            if attempts % count == 0:            # a full round: never spin
+                if len(unusable) == count and set(unusable.values()) == {"has no socket file"}:
+                    raise NoDaemon(self._all())   # as with one endpoint: no daemon runs
+                unusable.clear()
+                time.sleep(max(0.0, min(_RETRY_PAUSE, deadline - time.monotonic())))
+
+    def _answers_ping(self, deadline: float) -> bool:
+        """Does the current endpoint's node answer PING within :data:`PING_PROBE` seconds?"""
+        remaining = min(PING_PROBE, deadline - time.monotonic())
+        if remaining <= 0:
+            return False
+        try:
+            reply = self._exchange(protocol.Ping(request_id=os.urandom(8)), remaining)
+        except EcctlError:
+            return False
+        return isinstance(reply, protocol.Pong)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -231,20 +373,29 @@ class Client:
         return self.submit(socket, args, kwargs, call_id=call_id)
 
     def poll(self, call_id: str, wait: float = 0.0) -> Any:
-        """One GET: the RESULT or PENDING message."""
-        wait_ms = max(0, int(wait * 1000))
+        """One GET: the RESULT or PENDING message.
+
+        With several endpoints ``wait`` is cut to :data:`FAILOVER_WAIT_MS` (a PENDING may come
+        early), so that a node that dies while holding the GET is noticed soon.
+        """
+        wait_ms = min(max(0, int(wait * 1000)), self._max_wait_ms())
         return self.request(protocol.Get(call_id=call_id, wait_ms=wait_ms),
                             wait=wait_ms / 1000, resend=True)
+
+    def _max_wait_ms(self) -> int:
+        """Longest GET long-poll: short with several endpoints, to fail over soon."""
+        return FAILOVER_WAIT_MS if self._several else protocol.MAX_WAIT_MS
 
     def result(self, call_id: str, timeout: float | None = None) -> Any:
         """Wait for the call's result (``timeout=None``: forever); raise RemoteError if it failed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        longest = min(MAX_WAIT_MS, self._max_wait_ms()) / 1000
         while True:
-            remaining = MAX_WAIT_MS / 1000 if deadline is None else deadline - time.monotonic()
+            remaining = longest if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(f"call {call_id} not finished after {timeout}s", call_id)
             try:
-                reply = self.poll(call_id, min(remaining, MAX_WAIT_MS / 1000))
+                reply = self.poll(call_id, min(remaining, longest))
             except (CallTimeout, NoDaemon) as exc:     # the daemon may be restarting
                 log.info("waiting for daemon: %s", exc)
                 time.sleep(_RETRY_PAUSE)
@@ -266,7 +417,8 @@ class Client:
         at once, over this one connection; the daemon pushes RESULTS as they end. The first
         failed call raises its RemoteError (the others still run: they are durable). If nothing
         arrives for ``resend_interval`` the unfinished calls are sent again with the same ids
-        (idempotent). ``timeout`` bounds the whole batch.
+        (idempotent); with several endpoints they go to the next endpoint then, and also when
+        the node answers ERROR 503. ``timeout`` bounds the whole batch.
         """
         if window < 1 or batch < 1:
             raise ValueError("window and batch must be at least 1")
@@ -281,7 +433,10 @@ class Client:
         accepted: set[str] = set()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            self._check_ipc()
+            if self._several:
+                self._skip_unreachable(raise_if_none=True)
+            else:
+                self._check_ipc()
             sock = self._socket()
             request_ids: set[bytes] = set()
             next_entry = done = 0
@@ -292,6 +447,21 @@ class Client:
                 request_ids.add(rid)
                 sock.send_multipart(protocol.encode(protocol.Calls(calls=chunk, push=True, request_id=rid)),
                                     copy=False)
+
+            def send_again(why: str) -> None:
+                """A new socket (to the next endpoint, if several) and every unfinished call on it."""
+                nonlocal sock, last_progress
+                if self._several:
+                    self._advance(why)
+                    self._skip_unreachable(raise_if_none=False)
+                else:
+                    self._reset()
+                sock = self._socket()
+                request_ids.clear()
+                pending = [entries[index[cid]] for cid in unfinished]
+                for start in range(0, len(pending), batch):
+                    send(pending[start:start + batch])
+                last_progress = time.monotonic()
 
             while done < len(entries):
                 while next_entry < len(entries) and len(unfinished) < window:
@@ -309,13 +479,7 @@ class Client:
                     quiet = self.resend_interval if unfinished - accepted else max(30.0, 10 * self.resend_interval)
                     if time.monotonic() - last_progress >= quiet:
                         # nothing for a while (daemon restarted?): send the unfinished calls again
-                        self._reset()
-                        sock = self._socket()
-                        request_ids.clear()
-                        pending = [entries[index[cid]] for cid in unfinished]
-                        for start in range(0, len(pending), batch):
-                            send(pending[start:start + batch])
-                        last_progress = time.monotonic()
+                        send_again("did not answer")
                     continue
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     try:
@@ -327,6 +491,10 @@ class Client:
                         continue  # stale: from before a re-send
                     last_progress = time.monotonic()
                     self._answered = True
+                    if (isinstance(reply, protocol.Error) and reply.code == protocol.E_UNAVAILABLE
+                            and self._several):
+                        send_again("is unavailable")   # node stopping: its peers take the calls
+                        break
                     if isinstance(reply, protocol.Error):
                         raise ServerError(reply.code, reply.reason, reply.detail)
                     if isinstance(reply, protocol.AcceptedMany):
@@ -400,6 +568,49 @@ class Client:
     def ls(self, kind: str) -> list[dict[str, Any]]:
         """Every object of ``kind`` (singular or plural: ``queue`` or ``queues``), by name."""
         return self.admin(f"ls_{_kind(kind)}s")
+
+    # -- the mesh (issue #4) --------------------------------------------------------------------
+
+    def drain(self, name: str) -> dict[str, Any]:
+        """Start draining node ``name``: it takes no new work, hands its queued calls to peers
+        and lets its running calls finish. Returns ``{"name", "state": "draining", ...}``;
+        ServerError 404 for an unknown node. See :meth:`wait_drained`."""
+        return self.admin("node_drain", name=name)
+
+    def undrain(self, name: str) -> dict[str, Any]:
+        """Let node ``name`` take work again; returns ``{"name", "state", ...}``."""
+        return self.admin("node_undrain", name=name)
+
+    def wait_drained(self, name: str, timeout: float = DEFAULT_DRAIN_TIMEOUT,
+                     interval: float = DRAIN_POLL_INTERVAL) -> dict[str, Any]:
+        """Ask ``ls_nodes`` every ``interval`` seconds until node ``name`` is ``drained``;
+        returns its entry. CallTimeout after ``timeout`` seconds (naming its last state),
+        EcctlError if no node has that name. Requests that fail for want of a daemon are
+        retried until the deadline (the node asked may be the one going away)."""
+        deadline = time.monotonic() + timeout
+        state: Any = "unknown"
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                nodes = self.request(protocol.Admin(op="ls_nodes", args={}),
+                                     timeout=max(0.0, min(self.timeout, remaining))).data
+            except (CallTimeout, NoDaemon) as exc:
+                log.info("waiting for node %s to drain: %s", name, exc)
+            except ServerError as exc:
+                if exc.code != protocol.E_UNAVAILABLE:
+                    raise
+            else:
+                entry = next((n for n in nodes or [] if isinstance(n, dict) and n.get("name") == name),
+                             None)
+                if entry is None:
+                    raise EcctlError(f"unknown node {name!r}")
+                state = entry.get("state")
+                if state == "drained":
+                    return entry
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout(f"node {name} not drained after {timeout:g}s (state: {state})")
+            time.sleep(min(interval, remaining))
 
     def proc(self, action: str, name: str) -> dict[str, Any]:
         """``pause``, ``resume``, ``stop``, ``start``, ``restart`` or ``remove`` a processor.

@@ -3,7 +3,7 @@
 Every error the client raises on purpose derives from :class:`EcctlError`::
 
     EcctlError
-    ├── NoDaemon        nothing answers at the endpoint
+    ├── NoDaemon        nothing answers at the endpoint (at any of them, when several)
     ├── RemoteError     the user's code raised (carries type, message, traceback, call id)
     ├── ServerError     the daemon refused a request (carries the protocol error code)
     ├── CallTimeout     the deadline passed (also a :class:`TimeoutError`)
@@ -20,7 +20,8 @@ class EcctlError(Exception):
 
 
 class NoDaemon(EcctlError):
-    """No daemon answers at ``endpoint``."""
+    """No daemon answers at ``endpoint`` (with several endpoints: at none of them, and
+    ``endpoint`` is the comma-separated list)."""
 
     def __init__(self, endpoint: str) -> None:
         super().__init__(f"no daemon at {endpoint}")

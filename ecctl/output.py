@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-__all__ = ["change_line", "fmt_duration", "fmt_error", "fmt_time", "fmt_value", "page_footer",
-           "table", "to_json", "to_jsonable"]
+__all__ = ["change_line", "fmt_duration", "fmt_error", "fmt_percent", "fmt_time", "fmt_value",
+           "page_footer", "table", "to_json", "to_jsonable"]
 
 
 def fmt_time(ts: float | None) -> str:
@@ -41,6 +41,19 @@ def fmt_duration(seconds: float | None) -> str:
         parts.append(f"{minutes}m")
     parts.append(f"{secs}s")
     return " ".join(parts)
+
+
+def fmt_percent(value: Any) -> str:
+    """A percentage (0-100) rounded to a whole number: ``12%``; ``-`` for None or no number."""
+    if value is None or isinstance(value, bool):
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    if not math.isfinite(number):
+        return "-"
+    return f"{round(number)}%"
 
 
 def fmt_error(error: Any) -> str:

@@ -88,6 +88,8 @@ class AdminHandler:
             self._read(peer, msg.request_id, lambda store: store.export())
         elif op == "status":
             self._reply(peer, msg.request_id, self.node.status())
+        elif op in ("node_drain", "node_undrain"):
+            self._reply(peer, msg.request_id, self.node.set_drain(_name(args), op == "node_drain"))
         elif op == "ls_calls":
             self.ls_calls(peer, msg.request_id, args)
         elif op == "ls_call":
@@ -167,8 +169,14 @@ class AdminHandler:
         self.node.bg_db.submit(lambda: read(store), done)
 
     def _list(self, peer: "Peer", request_id: bytes, kind: str) -> None:
-        self._read(peer, request_id, lambda store: store.list(kind),
-                   lambda rows: [self._decorate(kind, row) for row in rows])
+        def decorate(rows: list[Any]) -> list[Any]:
+            out = [self._decorate(kind, row) for row in rows]
+            if kind == "node":  # mesh members not (yet) registered in the topology too
+                named = {row.get("name") for row in out if isinstance(row, dict)}
+                out += [view for view in self.node.mesh_views() if view["name"] not in named]
+            return out
+
+        self._read(peer, request_id, lambda store: store.list(kind), decorate)
 
     def _decorate(self, kind: str, row: Any) -> Any:
         """Add what only the running node knows (status, depths) to a stored object."""
@@ -184,6 +192,8 @@ class AdminHandler:
                 row = {**row, "status": "stopped", "reason": "", "resolved_commit": None, "workers": 0, "busy": 0, "idle": 0}
         elif kind == "socket":
             row = {**row, "depth": node.scheduler.depth(row.get("name", ""))}
+        elif kind == "node":
+            row = {**row, **node.node_view(row.get("name", ""))}
         elif kind == "queue":
             depth = sum(
                 node.scheduler.depth(s.name) for s in node.topology.sockets.values() if s.queue == row.get("name")

@@ -42,6 +42,16 @@ def cli() -> None:
               help="Seconds finished calls stay in the history; 0 keeps them forever. [604800]")
 @click.option("--topology-poll", type=click.FloatRange(min=0.05), metavar="SECONDS",
               help="Seconds between topology change checks (SQLite; PostgreSQL pushes). [1]")
+@click.option("--join", multiple=True, metavar="ENDPOINT",
+              help="A peer to join the mesh through, e.g. tcp://10.0.0.2:7800 (repeatable, or comma-separated).")
+@click.option("--advertise", metavar="ENDPOINT",
+              help="The tcp:// endpoint peers reach this node on. [the first tcp --listen endpoint]")
+@click.option("--replicas", type=click.IntRange(min=1, max=9),
+              help="Nodes that must hold a call durably before it is acknowledged. [2 with two or more live nodes]")
+@click.option("--require-replicas/--no-require-replicas", default=None,
+              help="Refuse calls while fewer than --replicas nodes are alive (else accept with fewer). [off]")
+@click.option("--heartbeat", type=click.FloatRange(min=0.05), metavar="SECONDS",
+              help="Seconds between heartbeats to peers; a peer is dead after 5 missed. [0.5]")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(config_file: str | None, **options: object) -> None:
     """Run a node in the foreground until SIGTERM."""

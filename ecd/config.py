@@ -3,7 +3,9 @@ and the command line, in that order of precedence (each later source overrides t
 
 Environment variables: ``EC_DATA_DIR``, ``EC_LISTEN`` (comma-separated), ``EC_DB``, ``EC_NAME``,
 ``EC_CPUS``, ``EC_VENV_DIR``, ``EC_LOG_LEVEL``, ``EC_GRACE``, ``EC_HISTORY`` (``on``/``off``),
-``EC_HISTORY_RETENTION`` (seconds), ``EC_TOPOLOGY_POLL`` (seconds).
+``EC_HISTORY_RETENTION`` (seconds), ``EC_TOPOLOGY_POLL`` (seconds), ``EC_JOIN`` (comma-separated
+seed endpoints), ``EC_ADVERTISE``, ``EC_REPLICAS``, ``EC_REQUIRE_REPLICAS`` (``on``/``off``),
+``EC_HEARTBEAT`` (seconds).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ DEFAULT_HISTORY_RETENTION = 7 * 86400.0
 DEFAULT_HISTORY_INTERVAL = 0.5
 #: Seconds before a failed processor's code is prepared again.
 DEFAULT_PREPARE_RETRY = 60.0
+#: Seconds between a node's heartbeats to its peers (suspect after 3 missed, dead after 5).
+DEFAULT_HEARTBEAT = 0.5
 
 ENV_PREFIX = "EC_"
 
@@ -56,6 +60,11 @@ class Config:
     history_retention: float = DEFAULT_HISTORY_RETENTION
     history_interval: float = DEFAULT_HISTORY_INTERVAL
     log_level: str = "INFO"
+    join: tuple[str, ...] = ()
+    advertise: str = ""
+    replicas: int = 0  # 0: automatic (2 when two or more nodes are alive, else 1)
+    require_replicas: bool = False
+    heartbeat: float = DEFAULT_HEARTBEAT
 
     @property
     def ipc_endpoint(self) -> str:
@@ -66,26 +75,42 @@ class Config:
     def endpoints(self) -> tuple[str, ...]:
         return (self.ipc_endpoint, *self.listen)
 
+    @property
+    def peer_endpoint(self) -> str:
+        """The endpoint peers reach this node on: ``--advertise``, else the first tcp ``--listen``
+        endpoint that names a host (a wildcard address needs ``--advertise``); "" without one."""
+        if self.advertise:
+            return self.advertise
+        for endpoint in self.listen:
+            if endpoint.startswith("tcp://") and not endpoint.startswith(("tcp://0.0.0.0:", "tcp://*:")):
+                return endpoint
+        return ""
+
 
 def _coerce(name: str, value: Any) -> Any:
     """Turn a raw value from TOML, env or CLI into the field's type, or raise ConfigError."""
     try:
         if name in ("data_dir", "venv_dir"):
             return Path(str(value)).expanduser().resolve() if value not in (None, "") else None
-        if name == "listen":
+        if name in ("listen", "join"):
             if isinstance(value, str):
-                value = [v for v in (p.strip() for p in value.split(",")) if v]
-            items = tuple(str(v) for v in value)
+                value = [value]
+            items = tuple(v for part in value for v in (p.strip() for p in str(part).split(",")) if v)
             for item in items:
                 if not item.startswith(("tcp://", "ipc://")):
-                    raise ConfigError(f"listen: {item!r} is not a tcp:// or ipc:// endpoint")
+                    raise ConfigError(f"{name}: {item!r} is not a tcp:// or ipc:// endpoint")
             return items
-        if name in ("cpus", "map_size"):
+        if name == "advertise":
+            text = str(value).strip()
+            if text and not text.startswith("tcp://"):
+                raise ConfigError(f"advertise: {text!r} is not a tcp:// endpoint")
+            return text
+        if name in ("cpus", "map_size", "replicas"):
             number = int(value)
             if number < 0:
                 raise ValueError("must not be negative")
             return number
-        if name == "history":
+        if name in ("history", "require_replicas"):
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()
@@ -94,7 +119,8 @@ def _coerce(name: str, value: Any) -> Any:
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError("expected on or off")
-        if name in ("grace", "result_ttl", "topology_poll", "prepare_retry", "history_retention", "history_interval"):
+        if name in ("grace", "result_ttl", "topology_poll", "prepare_retry", "history_retention", "history_interval",
+                    "heartbeat"):
             number = float(value)
             if number < 0:
                 raise ValueError("must not be negative")
@@ -144,6 +170,8 @@ def load_config(
         config = replace(config, name=socket.gethostname())
     if not config.cpus:
         config = replace(config, cpus=os.cpu_count() or 1)
+    if config.heartbeat < 0.05:
+        raise ConfigError("heartbeat: must be at least 0.05 seconds")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: {config.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return config

@@ -102,3 +102,9 @@ class WorkerError(EcdError):
     """A worker process could not be started or talked to."""
 
     code = 500
+
+
+class PeerUnreachable(EcdError):
+    """A request names a mesh member this node cannot reach right now."""
+
+    code = 503

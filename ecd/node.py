@@ -31,10 +31,12 @@ from . import __version__
 from . import calls as C
 from .admin import AdminHandler
 from .background import Background
+from .cluster import Cluster, RemoteWaiter, read_incarnation
 from .config import Config
-from .errors import ConfigError, EcdError, RepoError, WorkerError
+from .errors import ConfigError, EcdError, NotFound, PeerUnreachable, RepoError, WorkerError
 from .exporter import HistoryExporter
 from .history import HistoryStore
+from .mesh import Mesh
 from .processors import FAILED, PAUSED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
 from .repos import CodeLoader
 from .scheduler import Scheduler
@@ -70,6 +72,8 @@ PREFETCH_MAX_BYTES = 64 * 1024
 PREFETCH_MAX_DURATION = 0.01
 #: Seconds before a final record whose commit failed is written again.
 FINAL_RETRY_DELAY = 1.0
+#: Calls of a processor a node must have timed before it prefetches them while it has peers.
+PREFETCH_MIN_OBSERVED = 3
 #: Calls handed to one worker at most (1 running + the rest waiting in its pipe) under backlog.
 PREFETCH = 4
 #: Seconds a worker gets to exit after "stop" before it is killed.
@@ -150,8 +154,15 @@ class Node:
         self.support_dir = make_support_dir(cfg.data_dir / "runtime")
         self.bg_code = Background(threads=2, name="ecd-code")
         self.admin = AdminHandler(self)
-        recovered = self._recover()
         self.context = zmq.Context()
+        self.mesh = Mesh(self.context, node_id=self.node_id, name=cfg.name, endpoint=cfg.peer_endpoint,
+                         incarnation=read_incarnation(cfg.data_dir / "incarnation"), interval=cfg.heartbeat,
+                         seeds=cfg.join, describe=self._describe,
+                         on_change=lambda member, old, new: self.cluster.on_member(member, old, new))
+        self.cluster = Cluster(self, self.mesh, cfg.data_dir)
+        self._host_stats: Any = None
+        recovered = self._recover()
+        self.cluster.start_hold()
         self.frontend = Frontend(self.context, cfg.endpoints)
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_r, False)
@@ -194,6 +205,9 @@ class Node:
         count = 0
         now = time.time()
         for record in self.wal.pending():
+            if record.get("owner", self.node_id) != self.node_id:  # a copy kept for another node
+                self.cluster.keep_replica(record)
+                continue
             if record["state"] == C.RUNNING:
                 C.mark_requeued(record, "Requeued after restart (the attempt was interrupted)", now)
             self.active[record["id"]] = record
@@ -228,9 +242,13 @@ class Node:
                 self._begin_stop()
                 return
             timeout = self._run_timers()
+            if self.cluster.outbox:
+                self.cluster.flush()
             events = self.poller.poll(timeout)
             for item, _ in events:
                 self._handle_ready(item)
+            if self.cluster.outbox:
+                self.cluster.flush()
 
     def _handle_ready(self, item: Any) -> None:
         if isinstance(item, zmq.Socket):
@@ -281,7 +299,9 @@ class Node:
                     del self.result_waiters[call_id]
                 record = self.active.get(call_id)
                 state = record["state"] if record else "unknown"
-                self.frontend.send(peer, protocol.Pending(call_id=call_id, state=state, request_id=request_id))
+                if record is None and call_id in self.cluster.replicas:
+                    state = "queued"
+                self.reply(peer, protocol.Pending(call_id=call_id, state=state, request_id=request_id))
         if self.get_timers:
             next_at = min(next_at, self.get_timers[0][0])
         # final records whose commit failed
@@ -324,6 +344,7 @@ class Node:
                     self._prepare(runtime)
                 elif runtime.status == RUNNING:  # new code failed earlier; the old code serves
                     self._prepare(runtime, rolling=True)
+        next_at = min(next_at, self._mesh_tick(mono))
         if not self.stopping:
             next_at = min(next_at, self.sync.tick(mono))
             if mono >= self._next_register and not self._registering:
@@ -341,6 +362,14 @@ class Node:
         self.dispatch()
         return max(0, int((next_at - time.monotonic()) * 1000) + 1)
 
+    def _mesh_tick(self, mono: float) -> float:
+        """Heartbeats and the mesh's timers; a bug there is logged, never fatal to the node."""
+        try:
+            return min(self.mesh.tick(mono), self.cluster.tick(mono))
+        except Exception:
+            logger.exception("mesh timers failed")
+            return mono + 0.5
+
     # -- requests -------------------------------------------------------------------------------
 
     def _handle_request(self, peer: Peer, message: Any) -> None:
@@ -353,7 +382,9 @@ class Node:
                 code=message.code, reason=message.reason, detail=detail, request_id=message.request_id))
             return
         try:
-            if isinstance(message, protocol.Call):
+            if isinstance(message, protocol.PeerMessage):
+                self._handle_peer(peer, message)
+            elif isinstance(message, protocol.Call):
                 self._handle_call(peer, message)
             elif isinstance(message, protocol.Calls):
                 self._handle_calls(peer, message)
@@ -372,6 +403,26 @@ class Node:
         except Exception:
             logger.exception("request %s failed", type(message).__name__)
             self._error(peer, message.request_id, protocol.E_INTERNAL, "internal error (see the ecd log)")
+
+    def _handle_peer(self, peer: Peer, message: protocol.PeerMessage) -> None:
+        if not self.mesh.enabled:
+            self._error(peer, message.request_id, protocol.E_MALFORMED,
+                        f"{message.name}: this node is not in a mesh (no tcp --listen or --advertise endpoint)")
+            return
+        sender = message.credentials.get("node")
+        known = isinstance(sender, str) and sender in self.mesh.members
+        if not known and message.command not in (protocol.HELLO, protocol.WELCOME, protocol.HEARTBEAT):
+            self._error(peer, message.request_id, protocol.E_UNAUTHORIZED,
+                        f"{message.name}: peer commands are for mesh members (say HELLO first)")
+            return
+        self.cluster.handle(message)
+
+    def reply(self, peer: Any, message: Any) -> None:
+        """Answer a client, or a peer that asked on a client's behalf (FIND)."""
+        if isinstance(peer, RemoteWaiter):
+            self.cluster.answer_remote(peer, message)
+        else:
+            self.frontend.send(peer, message)
 
     def _error(self, peer: Peer, request_id: bytes, code: int, reason: str, **detail: Any) -> None:
         self.frontend.send(peer, protocol.Error(code=code, reason=reason, detail=detail, request_id=request_id))
@@ -396,6 +447,9 @@ class Node:
         stored = self.wal.get(call_id)
         if stored is not None:
             return "stored", stored
+        refusal = self.cluster.can_accept() if self.mesh.enabled else ""
+        if refusal:
+            return "refused", (protocol.E_UNAVAILABLE, refusal)
         socket = self.topology.sockets.get(socket_name)
         if socket is None:
             return "refused", (protocol.E_NOT_FOUND, f"unknown socket '{socket_name}'")
@@ -406,8 +460,12 @@ class Node:
             args=args, kwargs=kwargs, retries=processor.retries,
             retry_delay=processor.retry_delay, timelimit=processor.timelimit,
         )
+        if self.mesh.members:
+            record.update(term=0, version=1, replicas=self.cluster.pick_replicas(call_id))
         self.active[call_id] = record
         self.scheduler.push(socket.name, call_id)
+        if self.mesh.members and not self._can_run(socket.name):
+            self.cluster.nudge()
         return "new", record
 
     def _handle_call(self, peer: Peer, msg: protocol.Call) -> None:
@@ -418,6 +476,8 @@ class Node:
         elif kind in ("new", "restore"):
             self.ack_waiters[call_id] = [(peer, msg.request_id)]
             self.wal.submit(("accept", [call_id]), [value], linger=kind == "new" and self._starts_now(msg.socket))
+            if value.get("replicas"):
+                self.cluster.replicate([value], gate="accept")
         elif call_id in self.ack_waiters:
             self.ack_waiters[call_id].append((peer, msg.request_id))
         else:
@@ -470,6 +530,8 @@ class Node:
         if records:
             self.wal.submit(("accept", [r["id"] for r in records]), records,
                             linger=self.scheduler.busy < self.scheduler.cpus)
+            if self.mesh.members:
+                self.cluster.replicate(records, gate="accept")
         if not batch.waiting:
             self._send_batch_accept(batch)
 
@@ -499,10 +561,15 @@ class Node:
 
     def _handle_get(self, peer: Peer, msg: protocol.Get) -> None:
         record = self.active.get(msg.call_id)
+        if record is not None and record.get("leased_from"):
+            record = None  # only running here for its owner: the owner (or a replica) answers
         if record is None:
             stored = self.wal.get(msg.call_id)
+            if stored is not None and stored.get("superseded") and stored["state"] not in C.TERMINAL:
+                stored = None  # a duplicate's copy: the node that accepted the call first answers
             if stored is None:
-                self._error(peer, msg.request_id, protocol.E_NOT_FOUND, f"unknown call id '{msg.call_id}'")
+                if not self.cluster.find(peer, msg.request_id, msg.call_id, msg.wait_ms):
+                    self._error(peer, msg.request_id, protocol.E_NOT_FOUND, f"unknown call id '{msg.call_id}'")
                 return
             if stored["state"] in C.TERMINAL:
                 self.frontend.send(peer, self._result_message(stored, msg.request_id))
@@ -511,10 +578,29 @@ class Node:
         if msg.wait_ms <= 0:
             self.frontend.send(peer, protocol.Pending(call_id=msg.call_id, state=record["state"], request_id=msg.request_id))
             return
-        self.result_waiters.setdefault(msg.call_id, []).append((peer, msg.request_id))
+        self.hold_get(peer, msg.request_id, msg.call_id, msg.wait_ms)
+
+    def hold_get(self, peer: Any, request_id: bytes, call_id: str, wait_ms: int) -> None:
+        """Answer a GET once the call ends, or PENDING after ``wait_ms`` (long poll)."""
+        self.result_waiters.setdefault(call_id, []).append((peer, request_id))
         self._timer_seq += 1
-        wait = min(msg.wait_ms / 1000, MAX_GET_WAIT)  # a node MAY answer PENDING early (SPEC)
-        heapq.heappush(self.get_timers, (time.monotonic() + wait, self._timer_seq, msg.call_id, peer, msg.request_id))
+        wait = min(wait_ms / 1000, MAX_GET_WAIT)  # a node MAY answer PENDING early (SPEC)
+        heapq.heappush(self.get_timers, (time.monotonic() + wait, self._timer_seq, call_id, peer, request_id))
+
+    def deliver_stored_result(self, call_id: str) -> None:
+        """A final record written here for another owner: answer the GETs waiting for it."""
+        waiters = self.result_waiters.pop(call_id, None)
+        if not waiters:
+            return
+        record = self.wal.get(call_id)
+        if record is None or record["state"] not in C.TERMINAL:
+            self.result_waiters[call_id] = waiters
+            return
+        for peer, request_id in waiters:
+            self.reply(peer, self._result_message(record, request_id))
+
+    def result_message(self, record: dict[str, Any]) -> protocol.Result:
+        return self._result_message(record, b"")
 
     @staticmethod
     def _result_entry(record: dict[str, Any]) -> dict[str, Any]:
@@ -555,27 +641,64 @@ class Node:
                         logger.error("result of call %s not stored (retrying): %s", call_id, error)
                         self.final_retries.append((time.monotonic() + FINAL_RETRY_DELAY, call_id))
                         continue
-                    del self.finalizing[call_id]
-                    self.active.pop(call_id, None)
-                    if self.history is not None:
-                        self.history.note(record)
-                    self.unstored.discard(call_id)
-                    ended[call_id] = record
-                    for peer, request_id in self.result_waiters.pop(call_id, []):
-                        self.frontend.send(peer, self._result_message(record, request_id))
-                    for key in self.push_waiters.pop(call_id, []):
-                        pushes.setdefault(key, []).append(self._result_entry(record))
+                    if self.cluster.local_done("final", call_id, None):
+                        self._final_out(call_id, pushes, ended)
+            elif kind == "replica":
+                self.cluster.replica_committed(ids, error)
+            elif kind == "handed":
+                self.cluster.handed_committed(ids, error)
+            elif kind == "synced" and error is None:
+                for call_id in ids:
+                    self.deliver_stored_result(call_id)
         # Accepts after finals: a call whose result became durable in the same commit (a fast call and
         # a lingering accept) gets its result inside ACCEPTED, and its client needs no GET.
         for token, error in drained:
             if token is not None and token[0] == "accept":
                 for call_id in token[1]:
-                    self._accepted(call_id, error, ended.get(call_id))
+                    if self.cluster.local_done("accept", call_id, error):
+                        self._accepted(call_id, error, ended.get(call_id))
         # pushed results after the ACCEPTED_MANY of their batch
+        self._send_pushes(pushes)
+
+    def _send_pushes(self, pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]]) -> None:
         for (peer, request_id), entries in pushes.items():
             self._send_results(peer, request_id, entries)
 
-    def _accepted(self, call_id: str, error: Exception | None, ended: dict[str, Any] | None = None) -> None:
+    def _final_out(self, call_id: str, pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]],
+                   ended: dict[str, dict[str, Any]]) -> None:
+        """A call's final record is durable (here and on its replicas): let everyone see it."""
+        record = self.finalizing.pop(call_id, None)
+        if record is None:
+            return
+        self.active.pop(call_id, None)
+        if self.history is not None:
+            self.history.note(record)
+        if record.get("replicas"):
+            self.cluster.note_final(record)
+        self.unstored.discard(call_id)
+        ended[call_id] = record
+        for peer, request_id in self.result_waiters.pop(call_id, []):
+            self.reply(peer, self._result_message(record, request_id))
+        for key in self.push_waiters.pop(call_id, []):
+            pushes.setdefault(key, []).append(self._result_entry(record))
+
+    def final_durable(self, call_id: str, error: Exception | None) -> None:
+        """The replicas of a final record answered after this node's own commit."""
+        pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]] = {}
+        self._final_out(call_id, pushes, {})
+        self._send_pushes(pushes)
+
+    def accept_durable(self, call_id: str, error: Exception | None, duplicate: bool = False) -> None:
+        """The replicas of an accept answered after this node's own commit (``duplicate``:
+        another node had accepted the call first)."""
+        ended = None
+        if call_id not in self.active and call_id not in self.finalizing and not duplicate:
+            stored = self.wal.get(call_id)
+            ended = stored if stored is not None and stored["state"] in C.TERMINAL else None
+        self._accepted(call_id, error, ended, duplicate=duplicate)
+
+    def _accepted(self, call_id: str, error: Exception | None, ended: dict[str, Any] | None = None,
+                  duplicate: bool = False) -> None:
         """The accept of ``call_id`` committed (or failed): answer everyone waiting on it.
         ``ended`` is the call's durable final record when it ended in the same commit."""
         waiters = self.ack_waiters.pop(call_id, [])
@@ -593,7 +716,7 @@ class Node:
             if isinstance(waiter, _Batch):
                 waiter.waiting.discard(call_id)
                 if error is None:
-                    waiter.accepted.append({"call_id": call_id, "seq": record["seq"] if record else 0, "duplicate": False})
+                    waiter.accepted.append({"call_id": call_id, "seq": record["seq"] if record else 0, "duplicate": duplicate})
                 else:
                     waiter.refused.append({"call_id": call_id, "code": protocol.E_STORAGE, "reason": f"call not stored: {error}"})
                 if not waiter.waiting and not waiter.sent:
@@ -605,11 +728,13 @@ class Node:
             else:
                 self.frontend.send(peer, protocol.Accepted(
                     call_id=call_id, seq=record["seq"] if record else 0, node=self.config.name,
-                    result=inline, request_id=request_id))
+                    duplicate=duplicate, result=inline, request_id=request_id))
 
     # -- scheduling -----------------------------------------------------------------------------
 
     def _can_run(self, socket_name: str) -> bool:
+        if self.cluster.draining or (self.cluster.hold_until and self.cluster.holding()):
+            return False
         socket = self.topology.sockets.get(socket_name)
         if socket is None:
             return False
@@ -635,6 +760,8 @@ class Node:
             self._hand_over(runtime, slot, socket_name, call_id)
         if self.scheduler.waiting and not self.scheduler.runnable(self._can_run):
             self._prefetch()
+        if self.mesh.members:
+            self.cluster.offer_credit()
 
     def _prefetch(self) -> None:
         for runtime in self.runtimes.values():
@@ -643,6 +770,8 @@ class Node:
                 continue  # a rate-limited processor takes calls one start at a time
             if runtime.avg_duration > PREFETCH_MAX_DURATION or len(runtime.slots) > runtime.definition.concurrency:
                 continue  # long calls would hold short ones back; surplus workers must drain
+            if self.mesh.members and runtime.observed < PREFETCH_MIN_OBSERVED:
+                continue  # in a mesh, calls of unknown length are left for idle peers to take
             self._prefetch_into(runtime, names)
 
     def _prefetch_into(self, runtime: ProcessorRuntime, names: list[str]) -> None:
@@ -737,21 +866,29 @@ class Node:
         else:
             self._requeue_running(head, note)
 
-    def _end_attempt(self, call_id: str, value: bytes | None, error: dict[str, str] | None) -> None:
+    def end_remote_attempt(self, call_id: str, value: bytes | None, error: dict[str, str] | None) -> None:
+        """A call leased to another node ended there (COMPLETE)."""
+        self._end_attempt(call_id, value, error, remote=True)
+
+    def _end_attempt(self, call_id: str, value: bytes | None, error: dict[str, str] | None,
+                     remote: bool = False) -> None:
         """A running call's attempt is over (result, exception, worker death or time limit).
 
         A retry is visible at once; a final outcome (done, or failed after the last retry) is
         built on a copy and shown only once its commit is durable, so nobody can see a result
         that a crash could still change."""
-        entry = self.running.pop(call_id, None)
+        entry = True if remote else self.running.pop(call_id, None)
         record = self.active.get(call_id)
-        if entry is None or record is None:
-            return
+        if entry is None or record is None or call_id in self.finalizing:
+            return  # (finalizing: another attempt ended first; results stay exactly-once)
         if error is None and value is not None and len(value) > MAX_RESULT_BYTES:
             error = C.error_dict("ResultTooLarge", f"the result is {len(value)} bytes; at most {MAX_RESULT_BYTES} fit in a reply")
         if error is not None:
             error = {key: (text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + " [truncated]")
                      for key, text in ((k, str(v)) for k, v in error.items())}
+        if record.get("leased_from"):
+            self.cluster.finish_leased(record, value, error)
+            return
         outcome = {**record, "events": list(record["events"])}
         if error is None:
             C.mark_done(outcome, value if value is not None else b"\xc0")
@@ -764,8 +901,16 @@ class Node:
             return
         else:
             logger.info("call %s failed after %d attempt(s): %s", call_id, outcome["attempts"], error.get("type"))
+        self._submit_final(call_id, outcome)
+
+    def _submit_final(self, call_id: str, outcome: dict[str, Any]) -> None:
+        """Write a call's final record; it is shown once durable here and on its replicas."""
+        if outcome.get("replicas"):
+            outcome["version"] = int(outcome.get("version") or 0) + 1
         self.finalizing[call_id] = outcome
         self.wal.submit(("final", [call_id]), [outcome])
+        if outcome.get("replicas"):
+            self.cluster.replicate([outcome], gate="final")
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -873,6 +1018,9 @@ class Node:
         record = self.active.get(call_id)
         if entry is None or record is None:
             return
+        if record.get("leased_from"):
+            self.cluster.finish_leased(record, None, None, requeue=note)
+            return
         C.mark_requeued(record, note, refund=True)
         self.scheduler.push_front(record["socket"], call_id)
         self.wal.submit(None, [record])
@@ -885,7 +1033,7 @@ class Node:
         """Heartbeat into the node table (endpoint, CPUs, version, last_seen); off the loop."""
         self._registering = True
         cfg = self.config
-        endpoint = ",".join(self.frontend.bound)
+        endpoint = cfg.peer_endpoint or ",".join(self.frontend.bound)
 
         def done(_: Any, error: BaseException | None) -> None:
             self._registering = False
@@ -911,6 +1059,9 @@ class Node:
 
     def _reconcile(self) -> None:
         """Bring the processors running here in line with the topology."""
+        if self.mesh.enabled:  # registered nodes are peers to meet
+            self.mesh.add_seeds([n.endpoint for n in self.topology.nodes.values()
+                                 if n.name != self.config.name and n.endpoint.startswith("tcp://")])
         self.sockets_of = {}  # processor -> its socket names, derived once per topology
         for socket in self.topology.sockets.values():
             self.sockets_of.setdefault(socket.processor, []).append(socket.name)
@@ -978,10 +1129,12 @@ class Node:
                 if record is None or call_id in self.running or call_id in self.finalizing:
                     continue
                 outcome = {**record, "events": list(record["events"])}
+                if record.get("leased_from"):
+                    self.cluster.finish_leased(record, None, None, requeue="socket deleted here")
+                    continue
                 C.mark_failed(outcome, C.error_dict(
                     "SocketRemoved", f"socket '{socket_name}' was deleted before the call could run"))
-                self.finalizing[call_id] = outcome
-                self.wal.submit(("final", [call_id]), [outcome])
+                self._submit_final(call_id, outcome)
 
     def _roll(self, runtime: ProcessorRuntime) -> None:
         """Replace every worker without failing a call: idle ones stop now, busy ones once their
@@ -1056,6 +1209,10 @@ class Node:
         self.stopping = True
         for runtime in self.runtimes.values():
             self._stop_workers(runtime, "Requeued: node stopped before the call finished", graceful=True)
+        cluster = getattr(self, "cluster", None)
+        if cluster is not None:
+            cluster.give_back()
+            cluster.flush()
         wal = getattr(self, "wal", None)
         if wal is not None:
             wal.close()  # commits everything submitted, including the requeues above
@@ -1072,6 +1229,9 @@ class Node:
         frontend = getattr(self, "frontend", None)
         if frontend is not None:
             frontend.close()
+        mesh = getattr(self, "mesh", None)
+        if mesh is not None:
+            mesh.close()
         context = getattr(self, "context", None)
         if context is not None:
             context.term()
@@ -1106,9 +1266,60 @@ class Node:
             "queues": [{"name": name, "depth": queue_depth.get(name, 0)} for name in sorted(self.topology.queues)],
             "sockets": [{"name": name, "depth": depths.get(name, 0)} for name in sorted(self.topology.sockets)],
             "wal": self.wal.stats(),
+            "state": self.state,
+            "mesh": {**self.mesh.status(), "nodes": [m.view() for m in self.mesh.members.values()]},
+            "replication": self.cluster.status(),
             "topology": self.sync.status(),
             "history": self.history.status() if self.history is not None else {"enabled": False},
         }
+
+    @property
+    def state(self) -> str:
+        if self.cluster.draining:
+            return "drained" if self.cluster.drained else "draining"
+        return "stopping" if self.stopping else "alive"
+
+    def _describe(self) -> dict[str, Any]:
+        """This node as its heartbeats show it to peers."""
+        return {"cpus": self.config.cpus, "busy": self.scheduler.busy, "depth": self.scheduler.waiting,
+                **self.host_stats(), "version": __version__, "draining": self.cluster.draining,
+                "drained": self.cluster.drained, "wants": self.cluster.wants()}
+
+    def host_stats(self) -> dict[str, float]:
+        if self._host_stats is None:
+            from .stats import HostStats
+            self._host_stats = HostStats(self.config.data_dir)
+        return self._host_stats.sample()
+
+    def node_view(self, name: str) -> dict[str, Any]:
+        """What the mesh knows of the node called ``name`` (for ``ecctl ls nodes``)."""
+        if name == self.config.name:
+            return {"node_id": self.node_id, "state": self.state, "cpus": self.config.cpus,
+                    "busy": self.scheduler.busy, "depth": self.scheduler.waiting, **self.host_stats(),
+                    "version": __version__, "endpoint": self.config.peer_endpoint or ",".join(self.frontend.bound)}
+        for member in self.mesh.members.values():
+            if member.name == name:
+                view = member.view()
+                return {k: v for k, v in view.items() if v is not None and k not in ("draining", "drained")}
+        return {"state": "unknown"}
+
+    def mesh_views(self) -> list[dict[str, Any]]:
+        """Nodes this node knows from the mesh (and itself), for ones not in the topology."""
+        names = [self.config.name] + [m.name for m in self.mesh.members.values() if m.name]
+        return [{"name": name, **self.node_view(name)} for name in names]
+
+    def set_drain(self, name: str, drain: bool) -> dict[str, Any]:
+        """``ecctl node drain|undrain NAME``: here, or sent to the member called so."""
+        if name == self.config.name:
+            self.cluster.set_draining(drain)
+            return {"name": name, "state": self.state}
+        for member in self.mesh.members.values():
+            if member.name == name:
+                if member.state == "dead":
+                    raise PeerUnreachable(f"node '{name}' is dead; start it, then try again")
+                self.cluster.ask_drain(member, drain)
+                return {"name": name, "state": "draining" if drain else "alive"}
+        raise NotFound(f"unknown node '{name}' (not a member of this node's mesh)")
 
     def _flush_history(self) -> None:
         """At stop: write the call history still pending, if the store is there (bounded wait)."""

@@ -66,6 +66,7 @@ class ProcessorRuntime:
     prepare_at: float | None = None  # when to try preparing the code again after a failure
     generation: int = 0  # bumps on every (re)prepare so stale results are ignored
     avg_duration: float = 0.0  # moving average of call run times (seconds)
+    observed: int = 0  # calls folded into avg_duration
     early_exits: int = 0  # workers in a row that died before their module was imported
     worker_generation: int = 0  # bumps on every roll; workers of older generations retire
     next_start: float = 0.0  # with a rate limit: the earliest monotonic time the next call may start
@@ -154,6 +155,7 @@ class ProcessorRuntime:
     def observe(self, duration: float) -> None:
         """Fold one call's run time into the moving average."""
         self.avg_duration += 0.2 * (duration - self.avg_duration)
+        self.observed += 1
 
     def schedule_respawn(self, now: float) -> None:
         self.respawn_at = now + self.backoff

@@ -5,6 +5,8 @@ The authority is protocol/SPEC.md. This package imports only the standard librar
 
 from .codec import decode, encode, error_reply, pack, unpack
 from .constants import (
+    PEER_COMMAND_NAMES, HELLO, WELCOME, HEARTBEAT, REPLICATE, REPLICATED, CREDIT, LEASE, COMPLETE,
+    COMPLETED, TAKEOVER, HANDOFF, HANDED, SYNC, SYNCED, FIND, FOUND, DRAIN,
     ACCEPTED, ADMIN, CALL, CALL_ID_RE, COMMAND_NAMES, E_CONFLICT, E_FAILED_DEPENDENCY,
     E_INTERNAL, E_INVALID, E_MALFORMED, E_NOT_FOUND, E_QUEUE_FULL, E_STORAGE, E_TIMEOUT,
     E_TOO_LARGE, E_UNAUTHORIZED, E_UNAVAILABLE, E_VERSION, ERROR, ERROR_NAMES, FRAME_COUNT, GET,
@@ -14,14 +16,14 @@ from .constants import (
 )
 from .errors import ProtocolError, UnsupportedVersion
 from .messages import (
-    MESSAGE_TYPES, REQUEST_TYPES, Accepted, AcceptedMany, Admin, Call, Calls, Error, Results, Get, Message, Pending, Ping,
+    MESSAGE_TYPES, REQUEST_TYPES, PeerMessage, Accepted, AcceptedMany, Admin, Call, Calls, Error, Results, Get, Message, Pending, Ping,
     Pong, Reply, Result,
 )
 
 __all__ = [
     # messages
     "Ping", "Pong", "Call", "Accepted", "Get", "Result", "Pending", "Calls", "AcceptedMany",
-    "Results", "Admin", "Reply", "Error",
+    "Results", "Admin", "Reply", "Error", "PeerMessage",
     "Message", "MESSAGE_TYPES", "REQUEST_TYPES",
     # codec
     "encode", "decode", "pack", "unpack", "error_reply",
@@ -32,7 +34,9 @@ __all__ = [
     # commands
     "PING", "PONG", "CALL", "ACCEPTED", "GET", "RESULT", "PENDING", "CALLS", "ACCEPTED_MANY",
     "RESULTS", "ADMIN", "REPLY", "ERROR",
-    "COMMAND_NAMES",
+    "COMMAND_NAMES", "PEER_COMMAND_NAMES", "HELLO", "WELCOME", "HEARTBEAT", "REPLICATE",
+    "REPLICATED", "CREDIT", "LEASE", "COMPLETE", "COMPLETED", "TAKEOVER", "HANDOFF", "HANDED",
+    "SYNC", "SYNCED", "FIND", "FOUND", "DRAIN",
     # error codes
     "E_MALFORMED", "E_UNAUTHORIZED", "E_NOT_FOUND", "E_TIMEOUT", "E_CONFLICT", "E_TOO_LARGE",
     "E_INVALID", "E_FAILED_DEPENDENCY", "E_QUEUE_FULL", "E_INTERNAL", "E_UNAVAILABLE",

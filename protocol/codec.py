@@ -15,7 +15,7 @@ import msgpack
 
 from . import constants as c
 from .errors import ProtocolError, UnsupportedVersion
-from .messages import MESSAGE_TYPES, Error, Message
+from .messages import MESSAGE_TYPES, Error, Message, PeerMessage
 
 _EMPTY_MAP = b"\x80"
 # Byte patterns of the msgpack timestamp extension (type -1): fixext4, fixext8, ext8(12).
@@ -349,6 +349,8 @@ def encode(msg: Message) -> list[bytes]:
     over a limit. Call.args/kwargs and Result.value are checked for type only; the receiver's
     decode checks their content.
     """
+    if type(msg) is PeerMessage:
+        return _encode_peer(msg)
     header = _HEADERS.get(type(msg))
     if header is None:
         raise ProtocolError(f"cannot encode {type(msg).__name__}: not a message",
@@ -376,6 +378,25 @@ def encode(msg: Message) -> list[bytes]:
     if len(data) > c.MAX_MESSAGE_BYTES:
         raise ProtocolError(f"body is {len(data)} bytes, over {c.MAX_MESSAGE_BYTES}",
                             code=c.E_TOO_LARGE, request_id=rid)
+    return [header, rid, _encode_credentials(msg.credentials, rid), data]
+
+
+def _encode_peer(msg: PeerMessage) -> list[bytes]:
+    rid = msg.request_id
+    if msg.command not in c.PEER_COMMAND_NAMES:
+        raise ProtocolError(f"cannot encode: 0x{msg.command:02x} is not a peer command", code=c.E_INVALID)
+    if type(rid) is not bytes or len(rid) > c.MAX_REQUEST_ID_BYTES:
+        raise ProtocolError(f"request_id must be bytes of at most {c.MAX_REQUEST_ID_BYTES}",
+                            code=c.E_INVALID)
+    try:
+        _str_key_dict(msg.body)
+        data = _packb(msg.body)
+    except (_Invalid, TypeError, ValueError, OverflowError) as e:
+        raise ProtocolError(f"cannot encode {msg.name}: {e}", code=c.E_INVALID, request_id=rid) from e
+    if len(data) > c.MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"body is {len(data)} bytes, over {c.MAX_MESSAGE_BYTES}",
+                            code=c.E_TOO_LARGE, request_id=rid)
+    header = c.SIGNATURE + bytes((c.VERSION, msg.command))
     return [header, rid, _encode_credentials(msg.credentials, rid), data]
 
 
@@ -434,7 +455,7 @@ def decode(frames: Sequence[bytes]) -> Message:
                             data=b"".join(frames)[:256])
     cmd = header[3]
     cls = _CLASSES.get(cmd)
-    if cls is None:
+    if cls is None and cmd not in c.PEER_COMMAND_NAMES:
         raise ProtocolError(f"frame 0: unknown command 0x{cmd:02x}", request_id=rid,
                             data=header)
     if len(frames[1]) > c.MAX_REQUEST_ID_BYTES:
@@ -453,6 +474,12 @@ def decode(frames: Sequence[bytes]) -> Message:
     if type(fields) is not dict:
         raise ProtocolError(f"frame 3: body must be a map, not {type(fields).__name__}",
                             request_id=rid, data=body)
+    if cls is None:
+        try:
+            _str_key_dict(fields)
+        except _Invalid as e:
+            raise ProtocolError(f"{c.PEER_COMMAND_NAMES[cmd]}: {e}", request_id=rid, data=body) from e
+        return PeerMessage(command=cmd, body=fields, request_id=rid, credentials=credentials)
     name = c.COMMAND_NAMES[cmd]
     kwargs: dict[str, Any] = {}
     for field_name, check, deep in _FIELDS[cmd]:

@@ -35,6 +35,33 @@ ADMIN: Final = 0x20
 REPLY: Final = 0x21
 ERROR: Final = 0x7F
 
+# Peer commands (the conversation between ecd nodes; SPEC.md "The peer conversation"). All are
+# one-way: a node sends them on its own DEALER to the peer's ROUTER, never as a reply.
+HELLO: Final = 0x40
+WELCOME: Final = 0x41
+HEARTBEAT: Final = 0x42
+REPLICATE: Final = 0x44
+REPLICATED: Final = 0x45
+CREDIT: Final = 0x46
+LEASE: Final = 0x47
+COMPLETE: Final = 0x49
+COMPLETED: Final = 0x4A
+TAKEOVER: Final = 0x4B
+HANDOFF: Final = 0x4C
+HANDED: Final = 0x4D
+SYNC: Final = 0x4E
+SYNCED: Final = 0x4F
+FIND: Final = 0x50
+FOUND: Final = 0x51
+DRAIN: Final = 0x52
+
+PEER_COMMAND_NAMES: Final[dict[int, str]] = {
+    HELLO: "HELLO", WELCOME: "WELCOME", HEARTBEAT: "HEARTBEAT", REPLICATE: "REPLICATE",
+    REPLICATED: "REPLICATED", CREDIT: "CREDIT", LEASE: "LEASE", COMPLETE: "COMPLETE",
+    COMPLETED: "COMPLETED", TAKEOVER: "TAKEOVER", HANDOFF: "HANDOFF", HANDED: "HANDED",
+    SYNC: "SYNC", SYNCED: "SYNCED", FIND: "FIND", FOUND: "FOUND", DRAIN: "DRAIN",
+}
+
 COMMAND_NAMES: Final[dict[int, str]] = {
     PING: "PING", PONG: "PONG", CALL: "CALL", ACCEPTED: "ACCEPTED", GET: "GET",
     RESULT: "RESULT", PENDING: "PENDING", ADMIN: "ADMIN", REPLY: "REPLY", ERROR: "ERROR",

@@ -155,8 +155,23 @@ class Error:
     credentials: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PeerMessage:
+    """N: one message of the peer conversation between nodes (``command`` is one of
+    :data:`~protocol.constants.PEER_COMMAND_NAMES`); ``body`` is the frame-3 map itself, checked
+    by the codec only for being a map with str keys (the node checks each command's fields)."""
+    command: int
+    body: dict = field(default_factory=dict)
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return c.PEER_COMMAND_NAMES.get(self.command, f"0x{self.command:02x}")
+
+
 Message = (Ping | Pong | Call | Accepted | Get | Result | Pending | Calls | AcceptedMany | Results
-           | Admin | Reply | Error)
+           | Admin | Reply | Error | PeerMessage)
 MESSAGE_TYPES: tuple[type, ...] = (Ping, Pong, Call, Accepted, Get, Result, Pending, Calls,
                                    AcceptedMany, Results, Admin, Reply, Error)
 #: Commands a client sends; the server sends the others.

@@ -76,8 +76,9 @@ class EcdProcess:
     """A real ``ecd run`` process with its own data dir."""
 
     def __init__(self, data_dir: Path, venv_dir: Path, cpus: int = 2, grace: float = 10.0,
-                 listen: str | None = None, extra: tuple[str, ...] = ()) -> None:
+                 listen: str | None = None, extra: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
+        self.wrap = wrap  # a command the daemon runs under, e.g. ("ip", "netns", "exec", NS)
         self.venv_dir = venv_dir
         self.cpus = cpus
         self.grace = grace
@@ -91,7 +92,7 @@ class EcdProcess:
         return f"ipc://{self.data_dir / 'ecd.sock'}"
 
     def start(self, wait: bool = True) -> "EcdProcess":
-        args = [sys.executable, "-m", "ecd", "run", "--data-dir", str(self.data_dir), "--venv-dir", str(self.venv_dir),
+        args = [*self.wrap, sys.executable, "-m", "ecd", "run", "--data-dir", str(self.data_dir), "--venv-dir", str(self.venv_dir),
                 "--cpus", str(self.cpus), "--grace", str(self.grace), "--log-level", "DEBUG", *self.extra]
         if self.listen:
             args += ["--listen", self.listen]

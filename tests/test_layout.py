@@ -28,7 +28,8 @@ HOMES = {
     "yaml": {"ecctl/cli.py", "ecctl/spec.py"},
     "git": {"ecd/repos.py"},
     "virtualenv": {"ecd/repos.py"},
-    "zmq": {"ecd/node.py", "ecd/server.py", "ecctl/client.py"},
+    "zmq": {"ecd/node.py", "ecd/server.py", "ecd/mesh.py", "ecctl/client.py"},
+    "psutil": {"ecd/stats.py"},
 }
 
 

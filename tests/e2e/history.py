@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: Expected result of a call whose value is not known in advance (only its consistency is checked).
+ANY = object()
+
+
 @dataclass
 class History:
     """Thread-safe client-side log of call outcomes."""
@@ -71,6 +75,7 @@ def check(history: History, completed: dict[str, Any], executions: dict[str, int
     lost = {cid for cid in history.acked if cid not in completed}
     unattempted = {cid for cid in completed if executions.get(cid, 0) < 1}
     divergent = {cid for cid, value in (reread or {}).items() if cid in completed and completed[cid] != value}
-    wrong = {cid for cid, value in completed.items() if cid in history.invoked and history.invoked[cid] != value}
+    wrong = {cid for cid, value in completed.items()
+             if cid in history.invoked and history.invoked[cid] is not ANY and history.invoked[cid] != value}
     duplicates = {cid: n for cid, n in executions.items() if n > 1}
     return Verdict(lost, unattempted, divergent, wrong, duplicates)

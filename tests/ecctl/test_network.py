@@ -191,7 +191,8 @@ LISTINGS = {
                 "message_ttl": 30}], ["Name", "Type", "Depth", "Durable", "Max", "length", "TTL"],
               ["q1", "topic", "4", "no", "10", "30"]),
     "node": ([{"name": "n1", "endpoint": "", "cpus": 2, "version": "", "last_seen": 0}],
-             ["Name", "Endpoint", "CPUs", "Version", "Last", "seen"], ["n1", "-", "2", "-", "never"]),
+             ["Name", "State", "CPUs", "Busy", "Depth", "Load", "Mem", "Disk", "Endpoint"],
+             ["n1", "-", "2", "-", "-", "-", "-", "-", "-"]),
     "processor": ([{"name": "p1", "status": "paused", "concurrency": 2, "module": "m", "gitrepo": "g",
                     "resolved_commit": "abc", "reason": ""}],
                   ["Name", "Status", "Concurrency", "Module", "Gitrepo", "Commit", "Reason"],
@@ -224,11 +225,12 @@ def test_ls_every_kind_singular_and_plural(fake, kind: str) -> None:  # type: ig
     assert sent(fake) == [(f"ls_{kind}s", {})] * 4
 
 
-def test_ls_nodes_last_seen_time(fake) -> None:  # type: ignore[no-untyped-def]
-    fake.admin["ls_nodes"] = [{"name": "n1", "endpoint": "tcp://h:7700", "cpus": 8, "version": "0.3.0",
-                               "last_seen": 1700000000.5}]
+def test_ls_nodes_mesh_columns(fake) -> None:  # type: ignore[no-untyped-def]
+    fake.admin["ls_nodes"] = [{"name": "n1", "state": "draining", "cpus": 8, "busy": 3, "depth": 12,
+                               "load": 12.4, "memory": 55.5, "disk": 7.6, "endpoint": "tcp://h:7700",
+                               "version": "0.3.0", "last_seen": 1700000000.5, "node_id": "u-1"}]
     line = ok("ls", "nodes").stdout.splitlines()[2]
-    assert line.split()[:4] == ["n1", "tcp://h:7700", "8", "0.3.0"] and ".500" in line
+    assert line.split() == ["n1", "draining", "8", "3", "12", "12%", "56%", "8%", "tcp://h:7700"]
 
 
 def test_ls_unknown_kind(fake) -> None:  # type: ignore[no-untyped-def]

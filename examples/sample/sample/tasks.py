@@ -14,6 +14,8 @@ the processor and worker. An exception is reported to the caller as the call's e
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 import time
 from typing import Any
 
@@ -64,3 +66,11 @@ def crash(code: int = 1) -> None:
 def pid() -> int:
     """Return the worker's process id (shows which worker ran a call)."""
     return os.getpid()
+
+
+def token(*args: Any, **kwargs: Any) -> str:
+    """Return a value unique to this execution (``sleep`` seconds first, if given): two runs of
+    one call give two different tokens, so a test can tell which run's result it sees."""
+    if args:
+        time.sleep(float(args[0]))
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"

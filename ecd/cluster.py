@@ -1,0 +1,1133 @@
+"""Calls across the mesh: replication, leases to other nodes, takeover, rejoin, drain and GETs
+for calls held elsewhere (SPEC.md, "The peer conversation").
+
+The node that accepts a call **owns** it: it writes the call to its log and REPLICATEs it to
+R-1 reachable peers (its **replicas**), and the client hears ACCEPTED only once all R copies are
+durable (or the wait for a replica ran out: then with the copies there are, counted in
+``status``). Final outcomes are replicated the same way before anyone sees them.
+
+A node with idle workers for a processor whose calls wait at another node sends that owner
+CREDIT (a promise of that many slots); the owner answers with a LEASE of at most that many
+calls, so no node ever receives more work than it has free slots. The runner answers COMPLETE
+(re-sent until COMPLETED); the owner writes the outcome. If a runner dies, the owner requeues
+its calls. If an owner dies, the live replica with the smallest node id (among those holding the
+call) takes it over, with a higher ``term``, when it sees a majority of the mesh alive.
+
+A record's freshness is ``(terminal, term, version)``: a finished record beats an unfinished one,
+then the higher term (a takeover or handoff), then the later write. Every node keeps the freshest
+copy it is given, so after a crash, restart or partition the copies converge (SYNC), and a call
+never gets two different final records on one node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import protocol
+
+from . import calls as C
+from .mesh import ALIVE, DEAD, Member, Mesh
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an owner waits for a replica's REPLICATED before it goes on without that copy.
+REPLICA_TIMEOUT = 2.0
+#: Seconds a runner's CREDIT stays promised when the owner does not answer.
+CREDIT_TIMEOUT = 2.0
+#: Seconds between re-sends of a COMPLETE that got no COMPLETED.
+COMPLETE_RESEND = 1.0
+#: Seconds a runner keeps re-sending an outcome nobody acknowledges (the owner and its replicas
+#: are gone; whoever takes the call over runs it again).
+COMPLETE_GIVE_UP = 600.0
+#: Seconds a leased call may stay on a runner this node cannot hear from directly.
+LEASE_UNREACHABLE = 10.0
+#: Seconds a restarted node holds its replicated calls while it asks its peers about them.
+SYNC_HOLD = 5.0
+#: Newest records a restarted node offers for reconciliation besides its unfinished ones.
+RECENT_FINALS = 10_000
+#: Records per REPLICATE / HANDOFF / SYNCED message and ids per SYNC message.
+CHUNK = 500
+#: Seconds between the checks of the copies a node holds for others against the mesh.
+RESYNC_EVERY = 5.0
+#: Seconds a copy held for another node must be unchanged before the periodic check includes it.
+RESYNC_AGE = 10.0
+#: Seconds an outcome written while the mesh was not whole is offered in SYNCs.
+FINAL_WATCH = 300.0
+#: Seconds between checks for calls that lost a replica (dead or draining members).
+REPAIR_EVERY = 1.0
+#: Seconds a drain request to another node is repeated until that node's heartbeats show it.
+DRAIN_ASK_FOR = 30.0
+#: Seconds before an unanswered HANDOFF is sent again.
+HANDOFF_RETRY = 2.0
+
+
+def freshness(record: dict[str, Any]) -> tuple[bool, int, int]:
+    """How new a copy of a call is: finished beats unfinished, then term, then version."""
+    return (record.get("state") in C.TERMINAL, int(record.get("term") or 0), int(record.get("version") or 0))
+
+
+def _rival(current: dict[str, Any], incoming: dict[str, Any]) -> bool:
+    """Two nodes accepted the same call id independently (same term, different owners): the
+    copy a node holds first stays, and the later owner is told it holds a duplicate."""
+    return (current.get("owner") != incoming.get("owner")
+            and int(current.get("term") or 0) == int(incoming.get("term") or 0)
+            and not current.get("superseded"))
+
+
+def _valid_record(rec: Any) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and protocol.CALL_ID_RE.fullmatch(rec["id"])
+            is not None and isinstance(rec.get("owner"), str) and isinstance(rec.get("state"), str)
+            and isinstance(rec.get("socket"), str) and isinstance(rec.get("args"), bytes)
+            and isinstance(rec.get("kwargs"), bytes) and isinstance(rec.get("events"), list)
+            and isinstance(rec.get("attempts"), int) and isinstance(rec.get("term", 0), int)
+            and isinstance(rec.get("version", 0), int) and isinstance(rec.get("replicas", []), list))
+
+
+@dataclass
+class Gate:
+    """A write the node may only announce once it is durable here and on ``need`` replicas."""
+    need: set[str]
+    version: int
+    deadline: float
+    local: bool = False
+    error: Exception | None = None
+    duplicate: bool = False  # another node accepted the call first
+
+
+@dataclass
+class RemoteWaiter:
+    """A GET held here for another node (FIND): its answer goes back as FOUND."""
+    node_id: str
+    token: str
+
+    def __hash__(self) -> int:
+        return hash((self.node_id, self.token))
+
+
+@dataclass
+class _Find:
+    peer: Any
+    request_id: bytes
+    call_id: str
+    asked: set[str]
+    deadline: float
+    state: str = ""
+    answered: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Replica:
+    owner: str
+    term: int
+    version: int
+    seq: int
+    replicas: list[str] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)  # when this copy last changed
+
+
+class Cluster:
+    """This node's part in the calls of the mesh (the loop thread owns it)."""
+
+    def __init__(self, node: "Node", mesh: Mesh, data_dir: Path) -> None:
+        self.node = node
+        self.mesh = mesh
+        self.me = node.node_id
+        self.gates: dict[tuple[str, str], Gate] = {}
+        # node -> what leaves for it at the end of this turn of the loop: (record, gate) to
+        # replicate, or (outcome, "complete") of a call run here for that owner
+        self.outbox: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        self.replicas: dict[str, _Replica] = {}         # calls this node holds for other owners
+        self.leased_out: dict[str, tuple[str, float]] = {}  # call -> (runner, leased at)
+        self.leased_in: dict[str, str] = {}              # call -> owner (running here for it)
+        self.completions: dict[str, list[Any]] = {}      # call -> [owner, body, resend at]
+        self.credits: dict[tuple[str, str], tuple[int, float]] = {}  # (owner, processor) -> (slots, expiry)
+        self.finds: dict[str, _Find] = {}
+        self.handoffs: dict[str, float] = {}              # call -> when it may be offered again
+        self.drain_requests: dict[str, tuple[bool, float]] = {}  # node -> (drain, ask until)
+        self.sync_waiting: set[str] = set()
+        self.sync_needed: set[str] = set()   # nodes a restarted node waits to hear from
+        self.synced: set[str] = set()        # nodes that answered this node's SYNC
+        self._recent_finals: dict[str, tuple[bool, int, int]] = {}  # outcomes offered in SYNCs
+        self._final_times: dict[str, float] = {}
+        self.hold_until = 0.0
+        self.under_replicated = 0
+        self.taken_over = 0
+        self._next_repair = 0.0
+        self._next_resync = time.monotonic() + RESYNC_EVERY
+        self._nudged = 0.0
+        self._drain_file = data_dir / "draining"
+        self.draining = self._drain_file.exists()
+
+    # -- replication factor -----------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self.mesh.enabled
+
+    def wanted_replicas(self) -> int:
+        """R: ``--replicas``, else 2 in a mesh of two or more nodes (members that left after a
+        drain do not count), else 1. With fewer nodes reachable, calls are accepted with the
+        copies there can be and ``status`` says the node is degraded."""
+        configured = self.node.config.replicas
+        if configured:
+            return configured
+        return 2 if any(not m.info.get("drained") for m in self.mesh.members.values()) else 1
+
+    def can_accept(self) -> str:
+        """"" when a new call may be accepted; else why not (``--require-replicas``)."""
+        if self.draining:
+            return "node is draining; send calls to another node"
+        if self.node.config.require_replicas:
+            have = 1 + len(self._replica_candidates())
+            want = self.wanted_replicas()
+            if have < want:
+                return f"only {have} of the {want} replicas required are reachable (--require-replicas)"
+        return ""
+
+    def _replica_candidates(self, exclude: tuple[str, ...] = ()) -> list[Member]:
+        return [m for m in self.mesh.reachable() if not m.draining and m.node_id not in exclude]
+
+    def pick_replicas(self, call_id: str, exclude: tuple[str, ...] = ()) -> list[str]:
+        """R-1 reachable, non-draining peers for ``call_id``, by rendezvous hashing over the nodes
+        (this one included): copies spread evenly, and two nodes that both accept one call id
+        (a client re-sending it elsewhere) send their copies to a node that holds the other's,
+        which tells them apart (REPLICATED ``duplicates``)."""
+        if not self.enabled:
+            return []
+        want = self.wanted_replicas() - 1
+        if want <= 0:
+            return []
+        nodes = [m.node_id for m in self._replica_candidates(exclude)] + [self.me]
+        ranked = sorted(nodes, key=lambda node_id: hashlib.blake2b(
+            f"{call_id}/{node_id}".encode(), digest_size=8).digest(), reverse=True)
+        return [node_id for node_id in ranked if node_id != self.me][:want]
+
+    # -- replicate (owner) ----------------------------------------------------------------------
+
+    def replicate(self, records: list[dict[str, Any]], gate: str | None = None) -> None:
+        """Queue ``records`` (already submitted to this node's log) for their replicas; with
+        ``gate`` ("accept" or "final") their announcement waits for the copies. What is queued
+        in one turn of the loop leaves in one REPLICATE per replica (:meth:`flush`)."""
+        deadline = time.monotonic() + REPLICA_TIMEOUT
+        for record in records:
+            targets = [n for n in record.get("replicas") or () if n != self.me]
+            if gate is not None and targets:
+                self.gates[(gate, record["id"])] = Gate(need=set(targets), version=int(record.get("version") or 0),
+                                                        deadline=deadline)
+            for node_id in targets:
+                self.outbox.setdefault(node_id, []).append((record, gate))
+
+    def flush(self) -> None:
+        """Send the REPLICATEs queued in this turn of the loop."""
+        outbox, self.outbox = self.outbox, {}
+        failed: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        for node_id, entries in outbox.items():
+            completes = [body for body, kind in entries if kind == "complete"]
+            if completes:  # outcomes of calls run here for that owner (re-sent until COMPLETED)
+                for start in range(0, len(completes), CHUNK):
+                    self.mesh.send(node_id, protocol.COMPLETE, {"calls": completes[start:start + CHUNK]})
+                entries = [entry for entry in entries if entry[1] != "complete"]
+            for start in range(0, len(entries), CHUNK):
+                chunk = entries[start:start + CHUNK]
+                if not self.mesh.send(node_id, protocol.REPLICATE, {"records": [rec for rec, _ in chunk]}):
+                    failed.setdefault(node_id, []).extend(chunk)
+        # a replica that cannot be reached at all (its connection is gone): another node instead
+        unreachable = tuple(failed)
+        for node_id, entries in failed.items():
+            for rec, gate in entries:
+                kept = [n for n in rec.get("replicas") or () if n not in unreachable]
+                missing = len(rec.get("replicas") or ()) - len(kept)
+                spare = [n for n in self.pick_replicas(rec["id"], exclude=(*unreachable, *kept)) if n not in kept]
+                spare = [n for n in spare[:missing] if self.mesh.send(n, protocol.REPLICATE, {"records": [rec]})]
+                held = self.gates.get((gate, rec["id"])) if gate else None
+                if spare:
+                    rec["replicas"] = kept + spare
+                    if held is not None:
+                        held.need.update(spare)
+                        held.need.discard(node_id)
+                else:
+                    self._ack(node_id, rec["id"], None)
+
+    def local_done(self, kind: str, call_id: str, error: Exception | None) -> bool:
+        """This node's commit of a gated write finished; True if it may be announced now."""
+        gate = self.gates.get((kind, call_id))
+        if gate is None:
+            return True
+        gate.local, gate.error = True, error
+        if gate.need and error is None:
+            return False
+        del self.gates[(kind, call_id)]
+        if gate.duplicate:
+            self.node.accept_durable(call_id, error, duplicate=True)
+            return False
+        return True
+
+    def _ack(self, node_id: str, call_id: str, version: int | None) -> None:
+        for kind in ("accept", "final"):
+            gate = self.gates.get((kind, call_id))
+            if gate is None or node_id not in gate.need:
+                continue
+            if version is not None and version < gate.version:
+                continue
+            gate.need.discard(node_id)
+            if version is None:
+                self.under_replicated += 1
+            if not gate.need and gate.local:
+                del self.gates[(kind, call_id)]
+                self._fire(kind, call_id, gate.error)
+
+    def _fire(self, kind: str, call_id: str, error: Exception | None) -> None:
+        if kind == "accept":
+            self.node.accept_durable(call_id, error)
+        else:
+            self.node.final_durable(call_id, error)
+
+    def _on_replicated(self, sender: Member, body: dict[str, Any]) -> None:
+        for ack in body.get("acks") or ():
+            if isinstance(ack, list) and len(ack) == 2 and isinstance(ack[0], str) and isinstance(ack[1], int):
+                self._ack(sender.node_id, ack[0], ack[1])
+        for entry in body.get("duplicates") or ():
+            if isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry):
+                self._drop_duplicate(entry[0], entry[1])
+
+    def _drop_duplicate(self, call_id: str, owner: str) -> None:
+        """Another node accepted this call id first: answer its clients as a duplicate, never run
+        it here, and keep a copy that sends GETs to the owner."""
+        record = self.node.finalizing.pop(call_id, None) or self.node.active.get(call_id)
+        if record is None or record.get("owner") != self.me or int(record.get("term") or 0):
+            return
+        logger.info("call %s was accepted by another node first; answering it as a duplicate", call_id)
+        self.node.scheduler.discard(record["socket"], call_id)
+        self.node.active.pop(call_id, None)
+        self.leased_out.pop(call_id, None)
+        self.gates.pop(("final", call_id), None)
+        copy = {**record, "owner": owner, "version": 0, "superseded": True, "state": C.QUEUED,
+                "events": list(record["events"]), "result": None, "error": None, "finished": None}
+        self.node.wal.submit(None, [copy])
+        gate = self.gates.pop(("accept", call_id), None)
+        if gate is None or gate.local:
+            self.node.accept_durable(call_id, gate.error if gate else None, duplicate=True)
+        else:
+            self.gates[("accept", call_id)] = Gate(need=set(), version=0, deadline=gate.deadline, duplicate=True)
+
+    # -- replicate (replica) ----------------------------------------------------------------------
+
+    def _current(self, call_id: str) -> dict[str, Any] | None:
+        record = self.node.finalizing.get(call_id) or self.node.active.get(call_id)
+        if record is not None and not record.get("leased_from"):
+            return record
+        return self.node.wal.get(call_id)
+
+    def _known(self, call_id: str) -> dict[str, Any] | None:
+        """This node's copy of a call, for answering about it (a duplicate's copy does not count)."""
+        record = self._current(call_id)
+        if record is None or (record.get("superseded") and record["state"] not in C.TERMINAL):
+            return None
+        return record
+
+    def adopt(self, incoming: dict[str, Any]) -> dict[str, Any] | None:
+        """Keep ``incoming`` if it is fresher than this node's copy; return the record to write
+        (with this node's own seq), or None when the copy here is as fresh."""
+        call_id = incoming["id"]
+        current = self._current(call_id)
+        if current is not None and (freshness(current) >= freshness(incoming) or _rival(current, incoming)):
+            return None
+        if self.node.finalizing.pop(call_id, None) is not None:
+            # this node was writing an outcome of an older term (a partition let two nodes run
+            # the call): the fresher one wins, and this node never shows its own
+            self.gates.pop(("final", call_id), None)
+        if current is not None and current.get("owner") not in (incoming["owner"], self.me, None):
+            # the copy replaced here came from another owner (a partition let two nodes own the
+            # call): that node learns of the fresher copy too, so every copy converges
+            self.mesh.send(current["owner"], protocol.REPLICATE, {"records": [incoming]})
+        held = self.replicas.get(call_id)
+        seq = current["seq"] if current is not None else (held.seq if held else self.node.wal.next_seq())
+        record = {**incoming, "seq": seq, "owner_seq": incoming.get("owner_seq", incoming.get("seq"))}
+        record.pop("leased_from", None)
+        mine = self.node.active.get(call_id)
+        if mine is not None and not mine.get("leased_from") and incoming["owner"] != self.me:
+            # another node owns it now, or finished it (a takeover or a partition): stop owning it,
+            # and pass the fresher copy on to the nodes that held this node's copies
+            self.node.scheduler.discard(mine["socket"], call_id)
+            self.node.active.pop(call_id, None)
+            self.leased_out.pop(call_id, None)
+            logger.info("call %s is owned by another node now (term %s)", call_id, record.get("term"))
+            for node_id in mine.get("replicas") or ():
+                if node_id not in (self.me, incoming["owner"]):
+                    self.mesh.send(node_id, protocol.REPLICATE, {"records": [incoming]})
+        if record["state"] in C.TERMINAL or incoming["owner"] == self.me:
+            self.replicas.pop(call_id, None)
+        else:
+            self.replicas[call_id] = _Replica(record["owner"], int(record.get("term") or 0),
+                                              int(record.get("version") or 0), seq, list(record.get("replicas") or ()))
+        return record
+
+    def keep_replica(self, record: dict[str, Any]) -> None:
+        """At start: an unfinished copy in the log that this node keeps for another owner."""
+        self.replicas[record["id"]] = _Replica(record["owner"], int(record.get("term") or 0),
+                                               int(record.get("version") or 0), record["seq"],
+                                               list(record.get("replicas") or ()))
+
+    def give_back(self) -> None:
+        """At stop: calls leased here that have not run go back to their owners."""
+        for call_id, owner in list(self.leased_in.items()):
+            if call_id not in self.node.running and call_id in self.node.active:
+                self.finish_leased(self.node.active[call_id], None, None, requeue="Requeued: the runner stopped")
+
+    def _on_replicate(self, sender: Member, body: dict[str, Any]) -> None:
+        records = body.get("records")
+        if not isinstance(records, list):
+            return
+        writes: list[dict[str, Any]] = []
+        acks: list[list[Any]] = []
+        duplicates: list[list[str]] = []
+        fresher: list[dict[str, Any]] = []
+        for rec in records:
+            if not _valid_record(rec):
+                logger.warning("dropped a malformed record replicated by %s", sender.name)
+                continue
+            current = self._current(rec["id"])
+            if current is not None and _rival(current, rec):
+                duplicates.append([rec["id"], current["owner"]])
+                continue
+            if current is not None and freshness(current) > freshness(rec) and current["owner"] != sender.node_id:
+                fresher.append(current)  # the sender's copy is stale: it gets this one first
+            acks.append([rec["id"], int(rec.get("version") or 0)])
+            record = self.adopt(rec)
+            if record is not None:
+                writes.append(record)
+        if fresher:
+            self.mesh.send(sender.node_id, protocol.SYNCED, {"records": fresher, "last": False})
+        if duplicates:
+            self.mesh.send(sender.node_id, protocol.REPLICATED, {"acks": [], "duplicates": duplicates})
+        if writes:
+            self.node.wal.submit(("replica", (sender.node_id, acks, [r["id"] for r in writes if r["state"] in C.TERMINAL])),
+                                 writes)
+        elif acks:
+            self.mesh.send(sender.node_id, protocol.REPLICATED, {"acks": acks})
+
+    def replica_committed(self, info: tuple[str, list[list[Any]], list[str]], error: Exception | None) -> None:
+        """A batch of copies this node keeps for others committed: acknowledge it (never before
+        the fsync), and answer the GETs waiting here for calls that ended."""
+        sender, acks, ended = info
+        if error is not None:
+            logger.error("replicated records from %s not stored: %s", sender, error)
+            return
+        self.mesh.send(sender, protocol.REPLICATED, {"acks": acks})
+        for call_id in ended:
+            self.node.deliver_stored_result(call_id)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def wants(self) -> dict[str, int]:
+        """Calls waiting here per processor: what this node could lease to others."""
+        if self.holding() or not self.enabled:
+            return {}
+        wants: dict[str, int] = {}
+        for socket_name, depth in self.node.scheduler.depths().items():
+            socket = self.node.topology.sockets.get(socket_name)
+            if socket is not None and depth:
+                wants[socket.processor] = wants.get(socket.processor, 0) + depth
+        return wants
+
+    def nudge(self) -> None:
+        """New calls wait here: tell the peers now rather than at the next heartbeat."""
+        now = time.monotonic()
+        if self.mesh.members and now - self._nudged > 0.05:
+            self._nudged = now
+            self.mesh.heartbeat_now()
+
+    def offer_credit(self) -> None:
+        """Promise idle workers to owners whose calls wait (called after local dispatch)."""
+        if self.draining or self.node.stopping or self.holding():
+            return
+        now = time.monotonic()
+        candidates = [m for m in self.mesh.reachable(now) if m.info.get("wants")]
+        if not candidates:
+            return
+        for name, runtime in self.node.runtimes.items():
+            if runtime.status != "running" or runtime.paused or not runtime.idle:
+                continue
+            local = sum(self.node.scheduler.depth(s) for s in self.node.sockets_of.get(name, ()))
+            promised = sum(slots for (owner, proc), (slots, expiry) in self.credits.items()
+                           if proc == name and expiry > now)
+            free = min(len(runtime.idle), self.node.scheduler.cpus - self.node.scheduler.busy) - local - promised
+            if free <= 0:
+                continue
+            owners = sorted((m for m in candidates if (m.info["wants"] or {}).get(name)),
+                            key=lambda m: -int(m.info["wants"][name]))
+            for member in owners:
+                if free <= 0:
+                    break
+                key = (member.node_id, name)
+                if key in self.credits and self.credits[key][1] > now:
+                    continue  # one promise at a time per owner
+                slots = min(free, int(member.info["wants"][name]))
+                if self.mesh.send(member.node_id, protocol.CREDIT, {"processor": name, "slots": slots}):
+                    self.credits[key] = (slots, now + CREDIT_TIMEOUT)
+                    free -= slots
+
+    def _on_credit(self, sender: Member, body: dict[str, Any]) -> None:
+        name, slots = body.get("processor"), body.get("slots")
+        if not isinstance(name, str) or not isinstance(slots, int) or slots < 0:
+            return
+        records: list[dict[str, Any]] = []
+        processor = self.node.topology.processors.get(name)
+        if (processor is not None and not processor.paused and not self.draining and not self.holding()
+                and self.mesh.is_reachable(sender.node_id)):
+            names = self.node.sockets_of.get(name, [])
+            now = time.time()
+            not_ours: list[tuple[str, str]] = []
+            while len(records) < min(slots, CHUNK):
+                taken = self.node.scheduler.take(names)
+                if taken is None:
+                    break
+                record = self.node.active.get(taken[1])
+                if record is None:
+                    continue
+                if record.get("leased_from"):  # leased here by another owner: it runs here
+                    not_ours.append(taken)
+                    continue
+                record["state"] = C.RUNNING
+                record["attempts"] += 1
+                record["started"] = now
+                record["worker"] = sender.name or sender.node_id
+                record["events"].append(["prerun", now, f"Attempt {record['attempts']} leased to node {sender.name}"])
+                self.leased_out[record["id"]] = (sender.node_id, time.monotonic())
+                records.append(record)
+            for taken in reversed(not_ours):
+                self.node.scheduler.push_front(*taken)
+        more = sum(self.node.scheduler.depth(s) for s in self.node.sockets_of.get(name, ()))
+        if not self.mesh.send(sender.node_id, protocol.LEASE,
+                              {"processor": name, "slots": slots, "records": records, "more": more}):
+            for record in records:  # the runner cannot be reached after all: keep them here
+                self._requeue(record, "Requeued: the lease could not be sent")
+
+    def _on_lease(self, sender: Member, body: dict[str, Any]) -> None:
+        name = body.get("processor")
+        self.credits.pop((sender.node_id, name), None) if isinstance(name, str) else None
+        if isinstance(body.get("more"), int) and isinstance(sender.info.get("wants"), dict) and isinstance(name, str):
+            sender.info["wants"][name] = body["more"]
+        for rec in body.get("records") or ():
+            if not _valid_record(rec):
+                continue
+            call_id = rec["id"]
+            mine = self.node.active.get(call_id)
+            if mine is not None:
+                # already here: owned here now (a takeover the lessor has not heard of), or leased twice
+                if not mine.get("leased_from") and freshness(mine) > freshness(rec):
+                    self.mesh.send(sender.node_id, protocol.SYNCED, {"records": [mine], "last": False})
+                elif mine.get("leased_from") != sender.node_id:
+                    self.mesh.send(sender.node_id, protocol.COMPLETE, {"calls": [{
+                        "call_id": call_id, "ok": False, "value": b"", "error": None,
+                        "requeue": "Requeued: the runner holds the call already"}]})
+                continue
+            rec = {**rec, "leased_from": sender.node_id, "state": C.QUEUED}
+            rec["attempts"] = max(0, rec["attempts"] - 1)  # the runner counts the attempt it starts
+            self.node.active[call_id] = rec
+            self.leased_in[call_id] = sender.node_id
+            self.node.scheduler.push_front(rec["socket"], call_id)
+
+    def finish_leased(self, record: dict[str, Any], value: bytes | None, error: dict[str, str] | None,
+                      requeue: str = "") -> None:
+        """A call run here for another owner ended (or must go back): tell the owner, until it
+        answers."""
+        call_id = record["id"]
+        owner = self.leased_in.pop(call_id, record.get("leased_from"))
+        self.node.active.pop(call_id, None)
+        body = {"call_id": call_id, "ok": error is None and not requeue, "value": value or b"",
+                "error": error, "requeue": requeue}
+        self.completions[call_id] = [owner, body, time.monotonic() + COMPLETE_RESEND]
+        self.outbox.setdefault(owner, []).append((body, "complete"))
+
+    def _on_complete(self, sender: Member, body: dict[str, Any]) -> None:
+        calls = [c for c in body.get("calls") or () if isinstance(c, dict) and isinstance(c.get("call_id"), str)]
+        if calls:
+            self.mesh.send(sender.node_id, protocol.COMPLETED, {"calls": [c["call_id"] for c in calls]})
+        for outcome in calls:
+            self._complete_one(sender, outcome)
+
+    def _complete_one(self, sender: Member, body: dict[str, Any]) -> None:
+        call_id = body["call_id"]
+        record = self.node.active.get(call_id)
+        if record is None or record.get("leased_from") or call_id in self.node.finalizing:
+            return  # finished already (another attempt), or not ours: the outcome is ignored
+        lease = self.leased_out.pop(call_id, None)
+        if lease is None and record["state"] != C.RUNNING:
+            pass  # a takeover: the call was queued again here; a result is a result
+        if body.get("requeue"):
+            if lease is not None:
+                self._requeue(record, str(body["requeue"])[:200])
+            return
+        if lease is None and call_id in self.node.running:
+            return  # running here too: the local attempt decides
+        if lease is None:
+            self.node.scheduler.discard(record["socket"], call_id)
+        error = body.get("error") if isinstance(body.get("error"), dict) else None
+        value = body.get("value") if isinstance(body.get("value"), bytes) else b"\xc0"
+        self.node.end_remote_attempt(call_id, None if error else value, error)
+
+    def _on_completed(self, sender: Member, body: dict[str, Any]) -> None:
+        for call_id in body.get("calls") or ():
+            if isinstance(call_id, str):
+                self.completions.pop(call_id, None)
+
+    def _requeue(self, record: dict[str, Any], note: str) -> None:
+        call_id = record["id"]
+        self.leased_out.pop(call_id, None)
+        if self.node.active.get(call_id) is not record or call_id in self.node.finalizing:
+            return
+        C.mark_requeued(record, note, refund=True)
+        self.node.scheduler.push_front(record["socket"], call_id)
+
+    # -- membership events ----------------------------------------------------------------------
+
+    def on_member(self, member: Member, old: str, new: str) -> None:
+        """A member changed state (``new`` is "restarted" for a new incarnation)."""
+        if new in (DEAD, "restarted"):
+            why = "died" if new == DEAD else "restarted"
+            lost = [call_id for call_id, (runner, _) in self.leased_out.items() if runner == member.node_id]
+            for call_id in lost:
+                if call_id in self.node.active:
+                    self._requeue(self.node.active[call_id], f"Requeued: node {member.name} {why} during the call")
+            if lost:
+                logger.warning("requeued %d call(s) leased to node %s, which %s", len(lost), member.name, why)
+            for key in [k for k in self.credits if k[0] == member.node_id]:
+                del self.credits[key]
+            for (_kind, call_id), gate in list(self.gates.items()):
+                if member.node_id in gate.need:
+                    self._ack(member.node_id, call_id, None)
+            self._next_repair = 0.0
+        if new == DEAD:
+            self.takeover()
+        if new == "restarted" or (new == ALIVE and old != ALIVE):
+            self.sync_with(member)
+
+    # -- takeover -------------------------------------------------------------------------------
+
+    def takeover(self) -> None:
+        """Own the calls of dead owners that this node is the first live replica of."""
+        if not self.replicas or not self.mesh.has_quorum() or self.node.stopping:
+            return
+        dead = {m.node_id for m in self.mesh.members.values() if m.state == DEAD}
+        if not dead:
+            return
+        taken: dict[str, list[str]] = {}
+        records: list[dict[str, Any]] = []
+        for call_id, held in list(self.replicas.items()):
+            if held.owner not in dead:
+                continue
+            holders = [n for n in held.replicas if n not in dead and (n == self.me or n in self.mesh.members)]
+            if self.me not in holders or min(holders) != self.me:
+                continue
+            record = self.node.wal.get(call_id)
+            del self.replicas[call_id]
+            if record is None or record["state"] in C.TERMINAL:
+                continue
+            old_owner = record["owner"]
+            if record["state"] == C.RUNNING:
+                C.mark_requeued(record, "Requeued: its node was lost", refund=True)
+            if record["state"] == C.RETRYING:
+                record["state"] = C.QUEUED
+            record.update(owner=self.me, node=self.node.config.name, term=int(record.get("term") or 0) + 1,
+                          version=1, replicas=self.pick_replicas(call_id, exclude=(old_owner,)))
+            record["events"].append(["queued", time.time(), f"Taken over by node {self.node.config.name}"])
+            running_here = call_id in self.node.running  # leased here by the lost owner: it goes on
+            self.leased_in.pop(call_id, None)
+            self.node.active[call_id] = record
+            if running_here:
+                C.mark_running(record, 0)
+            else:
+                self.node.scheduler.discard(record["socket"], call_id)
+                self.node.scheduler.push(record["socket"], call_id)
+            taken.setdefault(old_owner, []).append(call_id)
+            records.append(record)
+        if not records:
+            return
+        self.taken_over += len(records)
+        self.node.wal.submit(None, records)
+        self.replicate(records)
+        for record in records:  # outcomes this node ran for the lost owner are now its own
+            pending = self.completions.pop(record["id"], None)
+            if pending is not None and not pending[1].get("requeue"):
+                body = pending[1]
+                self.node.scheduler.discard(record["socket"], record["id"])
+                self.node.end_remote_attempt(record["id"], None if body["error"] else body["value"], body["error"])
+        for old_owner, ids in taken.items():
+            logger.warning("took over %d call(s) of lost node %s", len(ids), old_owner)
+            for start in range(0, len(ids), CHUNK * 10):
+                body = {"old_owner": old_owner, "new_owner": self.me, "calls": ids[start:start + CHUNK * 10]}
+                for member in self.mesh.alive():
+                    self.mesh.send(member.node_id, protocol.TAKEOVER, body)
+
+    def _on_takeover(self, sender: Member, body: dict[str, Any]) -> None:
+        new_owner, ids = body.get("new_owner"), body.get("calls")
+        if not isinstance(new_owner, str) or not isinstance(ids, list):
+            return
+        for call_id in ids:
+            if not isinstance(call_id, str):
+                continue
+            if call_id in self.leased_in:
+                self.leased_in[call_id] = new_owner
+                record = self.node.active.get(call_id)
+                if record is not None:
+                    record["leased_from"] = new_owner
+            pending = self.completions.get(call_id)
+            if pending is not None:
+                pending[0] = new_owner
+                pending[2] = 0.0
+            held = self.replicas.get(call_id)
+            if held is not None:
+                held.owner = new_owner
+            mine = self.node.active.get(call_id)
+            if mine is not None and not mine.get("leased_from") and new_owner != self.me \
+                    and call_id not in self.node.finalizing:
+                # this node was thought lost and its call was taken over: the new owner runs it
+                logger.warning("call %s was taken over by another node; dropping it here", call_id)
+                self.node.scheduler.discard(mine["socket"], call_id)
+                self.node.active.pop(call_id, None)
+                self.leased_out.pop(call_id, None)
+                copy = {**mine, "owner": new_owner, "term": int(mine.get("term") or 0) + 1, "version": 0,
+                        "events": list(mine["events"])}
+                if copy["state"] == C.RUNNING:
+                    C.mark_requeued(copy, f"Taken over by another node", refund=True)
+                self.replicas[call_id] = _Replica(new_owner, copy["term"], 0, copy["seq"], [])
+                self.node.wal.submit(None, [copy])
+
+    # -- rejoin and partitions ------------------------------------------------------------------
+
+    def start_hold(self) -> None:
+        """After a restart: replicated calls this node owns wait until the nodes that held their
+        copies said what they know (one of them may have taken them over), at most SYNC_HOLD.
+        Outcomes written just before the stop are offered too: a replica may have run the call
+        again after a takeover, and the copies must agree."""
+        if not self.enabled:
+            return
+        needed = {n for r in self.node.active.values() for n in r.get("replicas") or () if n != self.me}
+        _, recent = self.node.wal.recent(RECENT_FINALS, 0)
+        self._recent_finals = {r["id"]: freshness(r) for r in recent
+                               if r.get("owner") == self.me and r["state"] in C.TERMINAL and r.get("replicas")}
+        self._final_times = dict.fromkeys(self._recent_finals, time.monotonic())
+        needed |= {n for r in recent if r["id"] in self._recent_finals for n in r.get("replicas") or () if n != self.me}
+        if needed:
+            self.sync_needed = needed
+            self.hold_until = time.monotonic() + SYNC_HOLD
+
+    def note_final(self, record: dict[str, Any]) -> None:
+        """A replicated call of this node ended. If the mesh was not whole (a member dead or cut
+        off) or the call was taken over, another node may have run it too: its outcome is offered
+        in SYNCs for a while, so the copies agree once the nodes meet again. In a whole mesh this
+        costs nothing."""
+        if int(record.get("term") or 0) == 0 and self._mesh_whole():
+            return
+        self._recent_finals[record["id"]] = freshness(record)
+        self._final_times[record["id"]] = time.monotonic()
+        while len(self._recent_finals) > RECENT_FINALS:
+            oldest = next(iter(self._recent_finals))
+            del self._recent_finals[oldest]
+            self._final_times.pop(oldest, None)
+
+    def _mesh_whole(self) -> bool:
+        now = time.monotonic()
+        return all(m.state == ALIVE and now - m.direct <= 3 * self.mesh.interval for m in self.mesh.members.values())
+
+    def _forget_old_finals(self, mono: float) -> None:
+        for call_id in [cid for cid, at in self._final_times.items() if mono - at > FINAL_WATCH]:
+            self._recent_finals.pop(call_id, None)
+            del self._final_times[call_id]
+
+    def holding(self) -> bool:
+        """True while a restarted node still waits for its peers' answers (at most SYNC_HOLD)."""
+        if not self.hold_until:
+            return False
+        dead = {m.node_id for m in self.mesh.members.values() if m.state == DEAD}
+        if time.monotonic() >= self.hold_until or not (self.sync_needed - self.synced - dead):
+            self.hold_until = 0.0
+            logger.info("rejoin reconciliation done; resuming the calls owned here")
+            return False
+        return True
+
+    def sync_with(self, member: Member, periodic: bool = False) -> None:
+        """Tell ``member`` which calls this node holds, so it sends fresher copies back (and,
+        for those it holds staler copies of, asks for this node's)."""
+        if periodic:  # copies unchanged for a while only, a bounded number per round
+            now = time.monotonic()
+            entries = list(itertools.islice(([cid, False, held.term, held.version]
+                                             for cid, held in self.replicas.items()
+                                             if now - held.since > RESYNC_AGE), CHUNK * 10))
+        else:
+            entries = [[cid, False, held.term, held.version] for cid, held in self.replicas.items()]
+        entries += [[cid, *fresh] for cid, fresh in self._recent_finals.items()]
+        if not periodic:
+            entries += [[cid, *freshness(rec)] for cid, rec in self.node.active.items()
+                        if not rec.get("leased_from") and rec.get("replicas")]
+            self.sync_waiting.add(member.node_id)
+        for start in range(0, max(1, len(entries)), CHUNK * 10):
+            chunk = entries[start:start + CHUNK * 10]
+            self.mesh.send(member.node_id, protocol.SYNC,
+                           {"calls": chunk, "last": start + CHUNK * 10 >= len(entries)})
+
+    def _on_sync(self, sender: Member, body: dict[str, Any]) -> None:
+        fresher: list[dict[str, Any]] = []
+        staler: list[list[Any]] = []  # calls the sender holds fresher copies of: ask for them
+        for entry in body.get("calls") or ():
+            if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
+                continue
+            record = self._current(entry[0])
+            theirs = (bool(entry[1]), int(entry[2] or 0), int(entry[3] or 0))
+            if record is not None and freshness(record) > theirs:
+                fresher.append(record)
+            elif record is not None and freshness(record) < theirs and not body.get("pull"):
+                staler.append([entry[0], *freshness(record)])
+        if staler:
+            self.mesh.send(sender.node_id, protocol.SYNC, {"calls": staler, "last": False, "pull": True})
+        for start in range(0, len(fresher), CHUNK):
+            self.mesh.send(sender.node_id, protocol.SYNCED, {"records": fresher[start:start + CHUNK], "last": False})
+        if body.get("last"):
+            self.mesh.send(sender.node_id, protocol.SYNCED, {"records": [], "last": True})
+
+    def _on_synced(self, sender: Member, body: dict[str, Any]) -> None:
+        writes = []
+        ended = []
+        for rec in body.get("records") or ():
+            if _valid_record(rec):
+                record = self.adopt(rec)
+                if record is not None:
+                    writes.append(record)
+                    if record["state"] in C.TERMINAL:
+                        ended.append(record["id"])
+        if writes:
+            logger.info("took %d fresher call record(s) from node %s", len(writes), sender.name)
+            self.node.wal.submit(("synced", ended), writes)
+        if body.get("last"):
+            self.sync_waiting.discard(sender.node_id)
+            self.synced.add(sender.node_id)
+
+    # -- GETs for calls held elsewhere ----------------------------------------------------------
+
+    def find(self, peer: Any, request_id: bytes, call_id: str, wait_ms: int) -> bool:
+        """Ask the reachable peers about a call this node does not know; False if there are none."""
+        members = self.mesh.reachable()
+        if not members:
+            return False
+        token = uuid.uuid4().hex
+        self.finds[token] = _Find(peer, request_id, call_id, {m.node_id for m in members},
+                                  time.monotonic() + min(wait_ms, 60_000) / 1000 + 2.0)
+        for member in members:
+            self.mesh.send(member.node_id, protocol.FIND, {"token": token, "call_id": call_id, "wait_ms": wait_ms})
+        return True
+
+    def _on_find(self, sender: Member, body: dict[str, Any]) -> None:
+        token, call_id, wait_ms = body.get("token"), body.get("call_id"), body.get("wait_ms")
+        if not isinstance(token, str) or not isinstance(call_id, str) or not isinstance(wait_ms, int):
+            return
+        record = self._known(call_id)
+        if record is None:
+            self.mesh.send(sender.node_id, protocol.FOUND, {"token": token, "call_id": call_id, "known": False})
+        elif record["state"] in C.TERMINAL:
+            self.answer_remote(RemoteWaiter(sender.node_id, token), self.node.result_message(record))
+        elif wait_ms <= 0:
+            self.answer_remote(RemoteWaiter(sender.node_id, token),
+                               protocol.Pending(call_id=call_id, state=record["state"]))
+        else:
+            self.node.hold_get(RemoteWaiter(sender.node_id, token), b"", call_id, min(wait_ms, 60_000))
+
+    def answer_remote(self, waiter: RemoteWaiter, message: Any) -> None:
+        """Send the answer to a GET held here for another node (a RESULT or PENDING) as FOUND."""
+        body: dict[str, Any] = {"token": waiter.token, "call_id": getattr(message, "call_id", ""), "known": True}
+        if isinstance(message, protocol.Result):
+            body["state"] = C.DONE if message.ok else C.FAILED
+            body["result"] = {"call_id": message.call_id, "ok": message.ok, "value": message.value,
+                              "error": message.error}
+        elif isinstance(message, protocol.Pending):
+            body["state"] = message.state
+        else:
+            body["known"] = False
+        self.mesh.send(waiter.node_id, protocol.FOUND, body)
+
+    def _on_found(self, sender: Member, body: dict[str, Any]) -> None:
+        find = self.finds.get(body.get("token"))  # type: ignore[arg-type]
+        if find is None:
+            return
+        result = body.get("result")
+        if isinstance(result, dict) and result.get("call_id") == find.call_id:
+            del self.finds[body["token"]]
+            self.node.reply(find.peer, protocol.Result(
+                call_id=find.call_id, ok=bool(result.get("ok")), value=result.get("value") or b"",
+                error=result.get("error"), request_id=find.request_id))
+            return
+        if body.get("known") and isinstance(body.get("state"), str):
+            find.state = body["state"][:32]
+        find.asked.discard(sender.node_id)
+        find.answered.add(sender.node_id)
+        if not find.asked:
+            self._finish_find(body["token"], find)
+
+    def _finish_find(self, token: str, find: _Find) -> None:
+        self.finds.pop(token, None)
+        silent = find.asked | {m.node_id for m in self.mesh.alive()} - find.answered
+        if not find.state and silent:
+            find.state = "unknown"  # a node that may hold the call did not answer: ask again later
+        if find.state:
+            self.node.reply(find.peer, protocol.Pending(call_id=find.call_id, state=find.state,
+                                                        request_id=find.request_id))
+        else:
+            self.node.reply(find.peer, protocol.Error(code=protocol.E_NOT_FOUND,
+                                                      reason=f"unknown call id '{find.call_id}'",
+                                                      request_id=find.request_id))
+
+    # -- drain ----------------------------------------------------------------------------------
+
+    def set_draining(self, draining: bool) -> None:
+        if draining == self.draining:
+            return
+        self.draining = draining
+        if draining:
+            self._drain_file.write_text("draining\n")
+            logger.warning("draining: no new work here; queued calls move to peers")
+        else:
+            self._drain_file.unlink(missing_ok=True)
+            self.handoffs.clear()
+            logger.info("undrained: this node takes work again")
+        self.mesh.heartbeat_now()
+        self.node.dispatch()
+
+    @property
+    def drained(self) -> bool:
+        return self.draining and not self.owned_unfinished() and not self.node.running and not self.leased_in
+
+    def owned_unfinished(self) -> int:
+        return sum(1 for r in self.node.active.values() if not r.get("leased_from"))
+
+    def _hand_off(self, now: float) -> None:
+        """Offer this draining node's queued calls to a peer."""
+        targets = self._replica_candidates()
+        if not targets:
+            return
+        records: list[dict[str, Any]] = []
+        for call_id, record in self.node.active.items():
+            if record.get("leased_from") or call_id in self.node.running or call_id in self.leased_out:
+                continue
+            if call_id in self.node.finalizing or record["state"] == C.RUNNING:
+                continue
+            if self.handoffs.get(call_id, 0.0) > now:
+                continue
+            records.append(record)
+            self.handoffs[call_id] = now + HANDOFF_RETRY
+            if len(records) >= CHUNK * 4:
+                break
+        for index, start in enumerate(range(0, len(records), CHUNK)):
+            target = targets[index % len(targets)]
+            self.mesh.send(target.node_id, protocol.HANDOFF, {"records": records[start:start + CHUNK]})
+
+    def ask_drain(self, member: Member, drain: bool) -> None:
+        """Tell ``member`` to drain (or not), re-sent until its heartbeats say it does."""
+        self.drain_requests[member.node_id] = (drain, time.monotonic() + DRAIN_ASK_FOR)
+        self.mesh.send(member.node_id, protocol.DRAIN, {"drain": drain})
+
+    def _resend_drains(self, mono: float) -> None:
+        for node_id, (drain, until) in list(self.drain_requests.items()):
+            member = self.mesh.members.get(node_id)
+            if member is None or mono > until or bool(member.info.get("draining")) == drain:
+                del self.drain_requests[node_id]
+            else:
+                self.mesh.send(node_id, protocol.DRAIN, {"drain": drain})
+
+    def _on_drain(self, sender: Member, body: dict[str, Any]) -> None:
+        if isinstance(body.get("drain"), bool):
+            self.set_draining(body["drain"])
+
+    def _on_handoff(self, sender: Member, body: dict[str, Any]) -> None:
+        if self.draining or self.node.stopping:
+            return  # the sender offers them elsewhere after HANDOFF_RETRY
+        records: list[dict[str, Any]] = []
+        for rec in body.get("records") or ():
+            if not _valid_record(rec) or rec["state"] in C.TERMINAL:
+                continue
+            call_id = rec["id"]
+            if call_id in self.node.active:
+                records.append(self.node.active[call_id])  # offered twice: it is ours already
+                continue
+            current = self._current(call_id)
+            seq = current["seq"] if current is not None else self.node.wal.next_seq()
+            record = {**rec, "seq": seq, "owner": self.me, "node": self.node.config.name,
+                      "term": int(rec.get("term") or 0) + 1, "version": 1,
+                      "replicas": self.pick_replicas(call_id, exclude=(sender.node_id,))}
+            if record["state"] == C.RETRYING:
+                record["state"] = C.QUEUED
+            record["events"] = [*rec["events"], ["queued", time.time(), f"Handed over by draining node {sender.name}"]]
+            self.replicas.pop(call_id, None)
+            self.node.active[call_id] = record
+            self.node.scheduler.push(record["socket"], call_id)
+            records.append(record)
+        if records:
+            self.node.wal.submit(("handed", (sender.node_id, [r["id"] for r in records])), records)
+            self.replicate(records)
+
+    def handed_committed(self, info: tuple[str, list[str]], error: Exception | None) -> None:
+        sender, ids = info
+        if error is None:
+            self.mesh.send(sender, protocol.HANDED, {"calls": ids})
+
+    def _on_handed(self, sender: Member, body: dict[str, Any]) -> None:
+        writes = []
+        for call_id in body.get("calls") or ():
+            if not isinstance(call_id, str):
+                continue
+            record = self.node.active.get(call_id)
+            self.handoffs.pop(call_id, None)
+            if record is None or record.get("leased_from") or call_id in self.node.running:
+                continue
+            self.node.scheduler.discard(record["socket"], call_id)
+            self.node.active.pop(call_id)
+            record = {**record, "owner": sender.node_id, "term": int(record.get("term") or 0) + 1, "version": 0,
+                      "events": [*record["events"], ["queued", time.time(), f"Handed over to node {sender.name}"]]}
+            self.replicas[call_id] = _Replica(sender.node_id, record["term"], 0, record["seq"], [])
+            writes.append(record)
+        if writes:
+            self.node.wal.submit(None, writes)
+
+    # -- periodic work --------------------------------------------------------------------------
+
+    def tick(self, mono: float) -> float:
+        next_at = mono + 1.0
+        # COMPLETEs not yet acknowledged
+        for call_id, pending in list(self.completions.items()):
+            owner, body, resend_at = pending[:3]
+            if len(pending) == 3:
+                pending.append(mono)
+            if mono - pending[3] > COMPLETE_GIVE_UP:
+                logger.warning("dropping the outcome of call %s: its owner has not answered for %ds",
+                               call_id, COMPLETE_GIVE_UP)
+                del self.completions[call_id]
+                continue
+            if resend_at <= mono:
+                self.outbox.setdefault(owner, []).append((body, "complete"))
+                pending[2] = mono + COMPLETE_RESEND
+            next_at = min(next_at, pending[2])
+        # replica waits that ran out: go on with the copies there are
+        for (kind, call_id), gate in list(self.gates.items()):
+            if gate.deadline <= mono:
+                for node_id in list(gate.need):
+                    self._ack(node_id, call_id, None)
+            else:
+                next_at = min(next_at, gate.deadline)
+        # FINDs that got no full answer
+        for token, find in list(self.finds.items()):
+            if find.deadline <= mono:
+                self._finish_find(token, find)
+        # leases on runners this node has not heard from directly for too long
+        for call_id, (runner, _) in list(self.leased_out.items()):
+            member = self.mesh.members.get(runner)
+            if member is not None and mono - member.direct > LEASE_UNREACHABLE and call_id in self.node.active:
+                self._requeue(self.node.active[call_id], f"Requeued: node {member.name} unreachable during the call")
+        if self.drain_requests:
+            self._resend_drains(mono)
+        if self.draining and not self.node.stopping:
+            self._hand_off(mono)
+            next_at = min(next_at, mono + 0.5)
+        if mono >= self._next_repair:
+            self._next_repair = mono + REPAIR_EVERY
+            self._repair()
+            self.takeover()
+        if (self.replicas or self._recent_finals) and mono >= self._next_resync:
+            # anti-entropy: copies held for others, and outcomes written while the mesh was not
+            # whole, are checked with the mesh now and then, so that no copy waits for an outcome
+            # written elsewhere and two nodes never keep two outcomes (after a partition)
+            self._next_resync = mono + RESYNC_EVERY
+            self._forget_old_finals(mono)
+            for member in self.mesh.reachable(mono):
+                self.sync_with(member, periodic=True)
+        if self.hold_until:
+            self.holding()
+            next_at = min(next_at, self.hold_until)
+        return next_at
+
+    def _repair(self) -> None:
+        """Calls owned here whose replica died or drains get a new replica."""
+        if not self.enabled or not self.mesh.members:
+            return
+        lost = {m.node_id for m in self.mesh.members.values() if m.state == DEAD or m.draining}
+        if not lost:
+            return
+        records = []
+        for record in self.node.active.values():
+            replicas = record.get("replicas")
+            if record.get("leased_from") or not replicas or not lost.intersection(replicas):
+                continue
+            keep = [n for n in replicas if n not in lost]
+            extra = self.pick_replicas(record["id"], exclude=(*keep, *lost))[: max(0, self.wanted_replicas() - 1 - len(keep))]
+            if not extra and keep == replicas:
+                continue
+            record["replicas"] = keep + extra
+            record["version"] = int(record.get("version") or 0) + 1
+            records.append(record)
+        if records:
+            self.node.wal.submit(None, records)
+            self.replicate(records)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def handle(self, msg: protocol.PeerMessage) -> None:
+        sender = self.mesh.handle(msg)
+        if sender is None or msg.command in (protocol.HELLO, protocol.WELCOME, protocol.HEARTBEAT):
+            return
+        handler = self._HANDLERS.get(msg.command)
+        if handler is None:
+            logger.debug("ignoring peer command %s from %s", msg.name, sender.name)
+            return
+        try:
+            handler(self, sender, msg.body)
+        except (TypeError, ValueError, KeyError) as exc:
+            logger.warning("dropped a malformed %s from %s: %s", msg.name, sender.name, exc)
+
+    def status(self) -> dict[str, Any]:
+        reachable = len(self.mesh.reachable())
+        want = self.wanted_replicas()
+        return {
+            "replicas": want, "available": min(want, 1 + reachable),
+            "degraded": 1 + reachable < want, "require": self.node.config.require_replicas,
+            "under_replicated": self.under_replicated, "held_for_others": len(self.replicas),
+            "leased_out": len(self.leased_out), "leased_in": len(self.leased_in),
+            "unacknowledged_completions": len(self.completions), "taken_over": self.taken_over,
+            "draining": self.draining, "drained": self.drained, "holding": bool(self.hold_until),
+        }
+
+    _HANDLERS: dict[int, Any] = {}
+
+
+Cluster._HANDLERS = {
+    protocol.REPLICATE: Cluster._on_replicate, protocol.REPLICATED: Cluster._on_replicated,
+    protocol.CREDIT: Cluster._on_credit, protocol.LEASE: Cluster._on_lease,
+    protocol.COMPLETE: Cluster._on_complete, protocol.COMPLETED: Cluster._on_completed,
+    protocol.TAKEOVER: Cluster._on_takeover, protocol.SYNC: Cluster._on_sync, protocol.SYNCED: Cluster._on_synced,
+    protocol.FIND: Cluster._on_find, protocol.FOUND: Cluster._on_found,
+    protocol.DRAIN: Cluster._on_drain, protocol.HANDOFF: Cluster._on_handoff, protocol.HANDED: Cluster._on_handed,
+}
+
+
+def read_incarnation(path: Path) -> int:
+    """This start's incarnation: one more than the last, kept (fsynced) in ``path``."""
+    try:
+        last = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        last = 0
+    value = last + 1
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(f"{value}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return value

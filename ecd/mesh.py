@@ -1,0 +1,340 @@
+"""The mesh: this node's peers, whether each is alive, and the one-way messages between them.
+
+Every node keeps one DEALER per peer, connected to the peer's advertised endpoint (its ROUTER,
+the same socket clients use). Peer messages are one-way (SPEC.md, "The peer conversation"): an
+answer is a message of its own on the answering node's DEALER. DEALERs are ``ZMQ_IMMEDIATE``:
+a message to a peer with no live connection is refused at once (EAGAIN) instead of queueing for
+a node that may never come back, so senders learn of it and retry with a deadline.
+
+Liveness: every node sends HEARTBEAT every ``interval`` seconds to every member it knows, with
+its own counter (``beat``) and what it knows of the others (gossip). A member is *alive* while a
+newer beat of it arrives within 3 intervals (directly or through another member's gossip),
+*suspect* after that and *dead* after 5 intervals. A member is *reachable* while messages from it
+arrive directly: only reachable members are given replicas or leases, so a link cut between two
+nodes that both still reach a third makes them avoid each other without either taking over the
+other's calls (the third node's gossip keeps both alive).
+
+The loop thread owns everything here; nothing blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+import protocol
+
+logger = logging.getLogger(__name__)
+
+ALIVE = "alive"
+SUSPECT = "suspect"
+DEAD = "dead"
+#: Missed heartbeat intervals before a member is suspect / dead.
+SUSPECT_AFTER = 3
+DEAD_AFTER = 5
+#: Messages a DEALER queues for a connected peer before sends fail (flow control, never a drop:
+#: every sender retries what it must deliver).
+PEER_SNDHWM = 200_000
+#: Members a heartbeat's gossip carries at most.
+MAX_GOSSIP = 256
+
+
+@dataclass
+class Member:
+    """What this node knows of one peer."""
+
+    node_id: str
+    endpoint: str = ""
+    name: str = ""
+    incarnation: int = 0
+    beat: int = 0
+    state: str = SUSPECT
+    heard: float = 0.0     # monotonic time a newer beat of it arrived (directly or by gossip)
+    direct: float = 0.0    # monotonic time a message came from it directly
+    info: dict[str, Any] = field(default_factory=dict)  # its last heartbeat (stats, slots, wants)
+
+    @property
+    def draining(self) -> bool:
+        return bool(self.info.get("draining"))
+
+    def view(self) -> dict[str, Any]:
+        info = self.info
+        state = self.state
+        if state == ALIVE and self.draining:
+            state = "drained" if info.get("drained") else "draining"
+        return {
+            "node_id": self.node_id, "name": self.name, "endpoint": self.endpoint, "state": state,
+            "incarnation": self.incarnation, "draining": self.draining, "drained": bool(info.get("drained")),
+            "cpus": info.get("cpus"), "busy": info.get("busy"), "depth": info.get("depth"),
+            "load": info.get("load"), "memory": info.get("memory"), "disk": info.get("disk"),
+            "version": info.get("version"),
+        }
+
+
+def _str(body: dict[str, Any], key: str, limit: int = 500) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"{key} must be a string of at most {limit} characters")
+    return value
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return value
+
+
+class Mesh:
+    """Membership of this node in the mesh, and the transport to its peers."""
+
+    def __init__(self, context: zmq.Context, *, node_id: str, name: str, endpoint: str, incarnation: int,
+                 interval: float, seeds: tuple[str, ...] = (),
+                 describe: Callable[[], dict[str, Any]] = dict,
+                 on_change: Callable[[Member, str, str], None] = lambda member, old, new: None) -> None:
+        self.context = context
+        self.node_id = node_id
+        self.name = name
+        self.endpoint = endpoint
+        self.incarnation = incarnation
+        self.interval = interval
+        self.describe = describe
+        self.on_change = on_change
+        self.beat = 0
+        self.members: dict[str, Member] = {}
+        self._sockets: dict[str, zmq.Socket] = {}  # endpoint -> DEALER
+        self._seeds: set[str] = {s for s in seeds if s and s != endpoint}
+        self._next_beat = 0.0
+        self._next_hello = 0.0
+        self.sent = 0
+        self.refused = 0  # sends refused (no connection or high-water mark): retried by their owners
+
+    # -- transport ------------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """True when this node can be part of a mesh (it has an endpoint peers can reach)."""
+        return bool(self.endpoint)
+
+    def _socket(self, endpoint: str) -> zmq.Socket:
+        sock = self._sockets.get(endpoint)
+        if sock is None:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 65536)
+            sock.connect(endpoint)
+            self._sockets[endpoint] = sock
+        return sock
+
+    def _post(self, endpoint: str, command: int, body: dict[str, Any]) -> bool:
+        if not endpoint or endpoint == self.endpoint:
+            return False
+        frames = protocol.encode(protocol.PeerMessage(
+            command=command, body=body, credentials={"node": self.node_id}))
+        try:
+            self._socket(endpoint).send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.refused += 1
+            return False
+        self.sent += 1
+        return True
+
+    def send(self, node_id: str, command: int, body: dict[str, Any]) -> bool:
+        """Send one message to a member; False when it cannot be handed to a connection now."""
+        member = self.members.get(node_id)
+        if member is None:
+            return False
+        return self._post(member.endpoint, command, body)
+
+    def close(self, linger_ms: int = 300) -> None:
+        """Close the peer sockets, giving what is queued ``linger_ms`` to leave."""
+        for sock in self._sockets.values():
+            sock.close(linger_ms)
+        self._sockets.clear()
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def add_seeds(self, endpoints: list[str]) -> None:
+        """Endpoints to say HELLO to until they answer (``--join`` and the topology's nodes)."""
+        known = {m.endpoint for m in self.members.values()}
+        for endpoint in endpoints:
+            if endpoint and endpoint != self.endpoint and endpoint not in known and endpoint not in self._seeds:
+                self._seeds.add(endpoint)
+                self._next_hello = 0.0
+
+    def _hello_body(self) -> dict[str, Any]:
+        return {"node": self.node_id, "name": self.name, "endpoint": self.endpoint,
+                "incarnation": self.incarnation, "beat": self.beat}
+
+    def _member_from(self, body: dict[str, Any]) -> Member | None:
+        node_id = _str(body, "node", 64)
+        if node_id == self.node_id:
+            return None
+        member = self.members.get(node_id)
+        endpoint = _str(body, "endpoint")
+        if member is None:
+            member = self.members[node_id] = Member(node_id=node_id, endpoint=endpoint)
+            self._seeds.discard(endpoint)
+            logger.info("mesh: met node %s at %s", body.get("name") or node_id, endpoint)
+        elif endpoint and endpoint != member.endpoint:
+            logger.info("mesh: node %s moved from %s to %s", member.name or node_id, member.endpoint, endpoint)
+            member.endpoint = endpoint
+            self._seeds.discard(endpoint)
+        if isinstance(body.get("name"), str):
+            member.name = body["name"][:200]
+        return member
+
+    def _fresh(self, member: Member, incarnation: int, beat: int, now: float, direct: bool) -> None:
+        """A beat of ``member`` arrived; newer ones keep it alive."""
+        if (incarnation, beat) > (member.incarnation, member.beat):
+            restarted = incarnation > member.incarnation and member.incarnation > 0
+            member.incarnation, member.beat = incarnation, beat
+            member.heard = now
+            if restarted:
+                logger.info("mesh: node %s restarted (incarnation %d)", member.name or member.node_id, incarnation)
+                self._set_state(member, member.state, "restarted")
+        if direct:
+            member.direct = now
+            member.heard = max(member.heard, now)
+        self._update(member, now)
+
+    def _set_state(self, member: Member, old: str, new: str) -> None:
+        if new != "restarted":
+            member.state = new
+        if old != new:
+            (logger.warning if new == DEAD else logger.info)(
+                "mesh: node %s is %s", member.name or member.node_id, new)
+            self.on_change(member, old, new)
+
+    def _update(self, member: Member, now: float) -> None:
+        silent = now - member.heard
+        if silent > DEAD_AFTER * self.interval:
+            new = DEAD
+        elif silent > SUSPECT_AFTER * self.interval:
+            new = SUSPECT
+        else:
+            new = ALIVE
+        if new != member.state:
+            self._set_state(member, member.state, new)
+
+    def handle(self, msg: protocol.PeerMessage) -> Member | None:
+        """Take in a peer message: membership ones are consumed here; every other one is
+        counted as a sign of life of its sender. Returns the sender (None if it is unknown or
+        the message is malformed: it is then dropped and logged)."""
+        now = time.monotonic()
+        body = msg.body
+        try:
+            if msg.command in (protocol.HELLO, protocol.WELCOME, protocol.HEARTBEAT):
+                member = self._member_from(body)
+                if member is None:
+                    return None
+                self._fresh(member, _int(body, "incarnation"), _int(body, "beat"), now, direct=True)
+                if msg.command == protocol.HEARTBEAT:
+                    member.info = {k: body.get(k) for k in (
+                        "cpus", "busy", "depth", "load", "memory", "disk", "version", "draining", "drained",
+                        "wants", "slots")}
+                if msg.command == protocol.HELLO:
+                    self._post(member.endpoint, protocol.WELCOME, self._hello_body())
+                    self._post(member.endpoint, protocol.HEARTBEAT, self._heartbeat_body())
+                gossip = body.get("members")
+                if isinstance(gossip, list):
+                    self._gossip(gossip[:MAX_GOSSIP], now)
+                return member
+            node_id = msg.credentials.get("node")
+            member = self.members.get(node_id) if isinstance(node_id, str) else None
+            if member is not None:
+                member.direct = now
+                member.heard = max(member.heard, now)
+                self._update(member, now)
+            return member
+        except ValueError as exc:
+            logger.warning("mesh: dropped a malformed %s: %s", msg.name, exc)
+            return None
+
+    def _gossip(self, entries: list[Any], now: float) -> None:
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 5):
+                continue
+            node_id, incarnation, beat, endpoint, name = entry
+            if not (isinstance(node_id, str) and isinstance(endpoint, str) and isinstance(incarnation, int)
+                    and isinstance(beat, int)) or node_id == self.node_id:
+                continue
+            member = self.members.get(node_id)
+            if member is None:
+                if not endpoint:
+                    continue
+                member = self.members[node_id] = Member(node_id=node_id, endpoint=endpoint,
+                                                        name=name if isinstance(name, str) else "")
+                self._seeds.discard(endpoint)
+                logger.info("mesh: learned of node %s at %s", member.name or node_id, endpoint)
+                self._next_beat = 0.0  # introduce ourselves at once
+            self._fresh(member, incarnation, beat, now, direct=False)
+
+    def _heartbeat_body(self) -> dict[str, Any]:
+        body = self._hello_body()
+        body.update(self.describe())
+        body["members"] = [[m.node_id, m.incarnation, m.beat, m.endpoint, m.name]
+                           for m in list(self.members.values())[:MAX_GOSSIP] if m.state != DEAD]
+        return body
+
+    def heartbeat_now(self) -> None:
+        """Send the next heartbeat at the next tick (news others should hear at once)."""
+        self._next_beat = 0.0
+
+    def tick(self, now: float) -> float:
+        """Send heartbeats and hellos that are due, update states; return the next due time."""
+        if not self.enabled:
+            return now + 3600.0
+        if now >= self._next_beat:
+            self.beat += 1
+            body = self._heartbeat_body()
+            for member in list(self.members.values()):
+                self._post(member.endpoint, protocol.HEARTBEAT, body)
+            self._next_beat = now + self.interval
+        if self._seeds and now >= self._next_hello:
+            hello = self._hello_body()
+            for endpoint in list(self._seeds):
+                self._post(endpoint, protocol.HELLO, hello)
+            self._next_hello = now + max(self.interval, 0.5)
+        for member in list(self.members.values()):
+            self._update(member, now)
+        return min(self._next_beat, self._next_hello if self._seeds else self._next_beat)
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def alive(self) -> list[Member]:
+        return [m for m in self.members.values() if m.state == ALIVE]
+
+    def reachable(self, now: float | None = None) -> list[Member]:
+        """Alive members that messages arrive from directly (given replicas and leases)."""
+        now = time.monotonic() if now is None else now
+        limit = SUSPECT_AFTER * self.interval
+        return [m for m in self.members.values() if m.state == ALIVE and now - m.direct <= limit]
+
+    def is_reachable(self, node_id: str) -> bool:
+        member = self.members.get(node_id)
+        return bool(member and member.state == ALIVE and time.monotonic() - member.direct <= SUSPECT_AFTER * self.interval)
+
+    def has_quorum(self) -> bool:
+        """True when this node sees a strict majority of the mesh alive (itself included).
+        Members that left after a drain do not count."""
+        counted = [m for m in self.members.values() if not m.info.get("drained")]
+        alive = 1 + sum(1 for m in counted if m.state == ALIVE)
+        return alive * 2 > len(counted) + 1
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "endpoint": self.endpoint, "incarnation": self.incarnation,
+                "beat": self.beat, "alive": 1 + len(self.alive()), "members": 1 + len(self.members),
+                "quorum": self.has_quorum(), "sent": self.sent, "refused": self.refused,
+                "seeds": sorted(self._seeds)}
