@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import protocol
 
@@ -50,14 +50,22 @@ COMPLETE_RESEND = 1.0
 #: Seconds a runner keeps re-sending an outcome nobody acknowledges (the owner and its replicas
 #: are gone; whoever takes the call over runs it again).
 COMPLETE_GIVE_UP = 600.0
+#: Seconds between checks of the leases this node gave and holds.
+LEASE_CHECK_EVERY = 1.0
+#: Seconds after a lease by which the runner's heartbeats must list the call.
+LEASE_GRACE = 3.0
 #: Seconds a leased call may stay on a runner this node cannot hear from directly.
 LEASE_UNREACHABLE = 10.0
 #: Seconds a restarted node holds its replicated calls while it asks its peers about them.
 SYNC_HOLD = 5.0
 #: Newest records a restarted node offers for reconciliation besides its unfinished ones.
 RECENT_FINALS = 10_000
-#: Records per REPLICATE / HANDOFF / SYNCED message and ids per SYNC message.
+#: Newest records a restarted node checks for outcomes written just before it stopped.
+RESTART_FINALS = 2_000
+#: Records per REPLICATE / HANDOFF / SYNCED message and ids per SYNC message...
 CHUNK = 500
+#: ... and bytes per message at most (a peer message must stay under the 64 MiB limit).
+CHUNK_BYTES = 16 << 20
 #: Seconds between the checks of the copies a node holds for others against the mesh.
 RESYNC_EVERY = 5.0
 #: Seconds a copy held for another node must be unchanged before the periodic check includes it.
@@ -85,13 +93,61 @@ def _rival(current: dict[str, Any], incoming: dict[str, Any]) -> bool:
             and not current.get("superseded"))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_time(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def wins(incoming: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Is ``incoming`` the copy to keep over ``current``? The fresher one, and between rivals
+    (two nodes accepted one call id) that are equally finished, the one accepted first (then the
+    smaller owner id): every node decides the same way, whatever order copies arrive in."""
+    if _rival(current, incoming) and freshness(incoming)[0] == freshness(current)[0]:
+        return ((incoming.get("created") or 0.0, incoming["owner"])
+                < (current.get("created") or 0.0, current["owner"]))
+    return freshness(incoming) > freshness(current)
+
+
 def _valid_record(rec: Any) -> bool:
-    return (isinstance(rec, dict) and isinstance(rec.get("id"), str) and protocol.CALL_ID_RE.fullmatch(rec["id"])
-            is not None and isinstance(rec.get("owner"), str) and isinstance(rec.get("state"), str)
-            and isinstance(rec.get("socket"), str) and isinstance(rec.get("args"), bytes)
-            and isinstance(rec.get("kwargs"), bytes) and isinstance(rec.get("events"), list)
-            and isinstance(rec.get("attempts"), int) and isinstance(rec.get("term", 0), int)
-            and isinstance(rec.get("version", 0), int) and isinstance(rec.get("replicas", []), list))
+    """A call record from a peer has every field this node reads, with the right types."""
+    if not isinstance(rec, dict):
+        return False
+    ids = (rec.get("id"), rec.get("owner"))
+    return (all(isinstance(v, str) for v in ids) and protocol.CALL_ID_RE.fullmatch(rec["id"]) is not None
+            and isinstance(rec.get("state"), str) and rec["state"] in (C.QUEUED, C.RUNNING, C.RETRYING, C.DONE, C.FAILED)
+            and all(isinstance(rec.get(k), str) for k in ("socket", "processor", "function", "node"))
+            and all(isinstance(rec.get(k), bytes) for k in ("args", "kwargs"))
+            and isinstance(rec.get("result"), (bytes, type(None))) and isinstance(rec.get("error"), (dict, type(None)))
+            and all(_is_int(rec.get(k)) and rec[k] >= 0 for k in ("seq", "attempts", "max_retries"))
+            and all(_is_int(rec.get(k, 0)) and rec.get(k, 0) >= 0 for k in ("term", "version"))
+            and all(_is_time(rec.get(k)) for k in ("created", "started", "finished", "not_before", "retry_delay",
+                                                      "timelimit"))
+            and isinstance(rec.get("events"), list) and all(isinstance(e, list) for e in rec["events"])
+            and isinstance(rec.get("replicas", []), list) and all(isinstance(n, str) for n in rec.get("replicas", [])))
+
+
+def record_size(rec: dict[str, Any]) -> int:
+    """About how many bytes a record takes in a peer message."""
+    return (len(rec.get("args") or b"") + len(rec.get("kwargs") or b"") + len(rec.get("result") or b"")
+            + sum(len(str(v)) for v in (rec.get("error") or {}).values()) + 96 * len(rec.get("events") or ()) + 512)
+
+
+def chunks(records: list[Any], size: Any = record_size) -> Iterator[list[Any]]:
+    """``records`` in groups that fit one peer message (by count and by bytes)."""
+    group: list[Any] = []
+    total = 0
+    for rec in records:
+        n = size(rec)
+        if group and (len(group) >= CHUNK or total + n > CHUNK_BYTES):
+            yield group
+            group, total = [], 0
+        group.append(rec)
+        total += n
+    if group:
+        yield group
 
 
 @dataclass
@@ -144,16 +200,19 @@ class Cluster:
         self.mesh = mesh
         self.me = node.node_id
         self.gates: dict[tuple[str, str], Gate] = {}
+        self._finals_out: list[str] = []  # finals whose copies all answered, to show now
+        self._accepts_out: list[tuple[str, Exception | None]] = []  # accepts likewise
+        self.deferred: dict[str, dict[str, Any]] = {}  # accepts replicated after the local commit
         # node -> what leaves for it at the end of this turn of the loop: (record, gate) to
         # replicate, or (outcome, "complete") of a call run here for that owner
         self.outbox: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
         self.replicas: dict[str, _Replica] = {}         # calls this node holds for other owners
-        self.leased_out: dict[str, tuple[str, float]] = {}  # call -> (runner, leased at)
+        self.leased_out: dict[str, tuple[str, float, int]] = {}  # call -> (runner, leased at, attempt)
         self.leased_in: dict[str, str] = {}              # call -> owner (running here for it)
         self.completions: dict[str, list[Any]] = {}      # call -> [owner, body, resend at]
         self.credits: dict[tuple[str, str], tuple[int, float]] = {}  # (owner, processor) -> (slots, expiry)
         self.finds: dict[str, _Find] = {}
-        self.handoffs: dict[str, float] = {}              # call -> when it may be offered again
+        self.handoffs: dict[str, tuple[str, float]] = {}  # call -> (peer offered to, offer again at)
         self.drain_requests: dict[str, tuple[bool, float]] = {}  # node -> (drain, ask until)
         self.sync_waiting: set[str] = set()
         self.sync_needed: set[str] = set()   # nodes a restarted node waits to hear from
@@ -164,6 +223,7 @@ class Cluster:
         self.under_replicated = 0
         self.taken_over = 0
         self._next_repair = 0.0
+        self._next_lease_check = 0.0
         self._next_resync = time.monotonic() + RESYNC_EVERY
         self._nudged = 0.0
         self._drain_file = data_dir / "draining"
@@ -215,16 +275,24 @@ class Cluster:
 
     # -- replicate (owner) ----------------------------------------------------------------------
 
-    def replicate(self, records: list[dict[str, Any]], gate: str | None = None) -> None:
+    def replicate(self, records: list[dict[str, Any]], gate: str | None = None, defer: bool = False) -> None:
         """Queue ``records`` (already submitted to this node's log) for their replicas; with
         ``gate`` ("accept" or "final") their announcement waits for the copies. What is queued
-        in one turn of the loop leaves in one REPLICATE per replica (:meth:`flush`)."""
-        deadline = time.monotonic() + REPLICA_TIMEOUT
+        in one turn of the loop leaves in one REPLICATE per replica (:meth:`flush`).
+
+        ``defer`` (an accept whose call is starting at once) holds the copy until this node's
+        own commit: by then the call has often ended, and its final record, replicated anyway,
+        carries the accept too: one copy, one commit on the replica, and ACCEPTED carries the
+        result."""
+        deadline = time.monotonic() + REPLICA_TIMEOUT + (1.0 if defer else 0.0)
         for record in records:
             targets = [n for n in record.get("replicas") or () if n != self.me]
             if gate is not None and targets:
                 self.gates[(gate, record["id"])] = Gate(need=set(targets), version=int(record.get("version") or 0),
                                                         deadline=deadline)
+            if defer and targets:
+                self.deferred[record["id"]] = record
+                continue
             for node_id in targets:
                 self.outbox.setdefault(node_id, []).append((record, gate))
 
@@ -235,11 +303,10 @@ class Cluster:
         for node_id, entries in outbox.items():
             completes = [body for body, kind in entries if kind == "complete"]
             if completes:  # outcomes of calls run here for that owner (re-sent until COMPLETED)
-                for start in range(0, len(completes), CHUNK):
-                    self.mesh.send(node_id, protocol.COMPLETE, {"calls": completes[start:start + CHUNK]})
+                for group in chunks(completes, lambda body: len(body["value"]) + 4096):
+                    self.mesh.send(node_id, protocol.COMPLETE, {"calls": group})
                 entries = [entry for entry in entries if entry[1] != "complete"]
-            for start in range(0, len(entries), CHUNK):
-                chunk = entries[start:start + CHUNK]
+            for chunk in chunks(entries, lambda entry: record_size(entry[0])):
                 if not self.mesh.send(node_id, protocol.REPLICATE, {"records": [rec for rec, _ in chunk]}):
                     failed.setdefault(node_id, []).extend(chunk)
         # a replica that cannot be reached at all (its connection is gone): another node instead
@@ -258,9 +325,13 @@ class Cluster:
                         held.need.discard(node_id)
                 else:
                     self._ack(node_id, rec["id"], None)
+        self._show_finals()
 
     def local_done(self, kind: str, call_id: str, error: Exception | None) -> bool:
         """This node's commit of a gated write finished; True if it may be announced now."""
+        deferred = self.deferred.pop(call_id, None)
+        if deferred is not None and error is None and call_id not in self.node.finalizing:
+            self.replicate([deferred])  # still running: the accept's copies leave now
         gate = self.gates.get((kind, call_id))
         if gate is None:
             return True
@@ -289,9 +360,20 @@ class Cluster:
 
     def _fire(self, kind: str, call_id: str, error: Exception | None) -> None:
         if kind == "accept":
-            self.node.accept_durable(call_id, error)
+            self._accepts_out.append((call_id, error))
         else:
-            self.node.final_durable(call_id, error)
+            self._finals_out.append(call_id)  # shown together: one RESULTS per client and turn
+
+    def _show_finals(self) -> None:
+        """Announce what became durable on its replicas: outcomes first, so an ACCEPTED sent in
+        the same turn carries its call's result."""
+        if self._finals_out:
+            finals, self._finals_out = self._finals_out, []
+            self.node.finals_durable(finals)
+        if self._accepts_out:
+            accepts, self._accepts_out = self._accepts_out, []
+            for call_id, error in accepts:
+                self.node.accept_durable(call_id, error)
 
     def _on_replicated(self, sender: Member, body: dict[str, Any]) -> None:
         for ack in body.get("acks") or ():
@@ -304,9 +386,10 @@ class Cluster:
     def _drop_duplicate(self, call_id: str, owner: str) -> None:
         """Another node accepted this call id first: answer its clients as a duplicate, never run
         it here, and keep a copy that sends GETs to the owner."""
-        record = self.node.finalizing.pop(call_id, None) or self.node.active.get(call_id)
-        if record is None or record.get("owner") != self.me or int(record.get("term") or 0):
+        record = self.node.finalizing.get(call_id) or self.node.active.get(call_id)
+        if record is None or record.get("owner") != self.me or record.get("leased_from"):
             return
+        self.node.finalizing.pop(call_id, None)
         logger.info("call %s was accepted by another node first; answering it as a duplicate", call_id)
         self.node.scheduler.discard(record["socket"], call_id)
         self.node.active.pop(call_id, None)
@@ -337,35 +420,46 @@ class Cluster:
         return record
 
     def adopt(self, incoming: dict[str, Any]) -> dict[str, Any] | None:
-        """Keep ``incoming`` if it is fresher than this node's copy; return the record to write
-        (with this node's own seq), or None when the copy here is as fresh."""
+        """Keep ``incoming`` if it wins over this node's copy (:func:`wins`); return the record to
+        write (with this node's own seq), or None when the copy here stays."""
         call_id = incoming["id"]
         current = self._current(call_id)
-        if current is not None and (freshness(current) >= freshness(incoming) or _rival(current, incoming)):
+        if current is not None and not wins(incoming, current):
             return None
+        mine = self.node.active.get(call_id)
+        if mine is not None and (mine.get("leased_from") or mine.get("owner") != self.me):
+            mine = None
+        if mine is not None and _rival(mine, incoming):
+            self._drop_duplicate(call_id, incoming["owner"])  # the other node accepted it first
+            mine = None
         if self.node.finalizing.pop(call_id, None) is not None:
-            # this node was writing an outcome of an older term (a partition let two nodes run
-            # the call): the fresher one wins, and this node never shows its own
+            # this node was writing an outcome that lost (a partition let two nodes run the
+            # call): the winning one is kept, and this node never shows its own
             self.gates.pop(("final", call_id), None)
         if current is not None and current.get("owner") not in (incoming["owner"], self.me, None):
             # the copy replaced here came from another owner (a partition let two nodes own the
-            # call): that node learns of the fresher copy too, so every copy converges
+            # call): that node learns of the winning copy too, so every copy converges
             self.mesh.send(current["owner"], protocol.REPLICATE, {"records": [incoming]})
         held = self.replicas.get(call_id)
         seq = current["seq"] if current is not None else (held.seq if held else self.node.wal.next_seq())
         record = {**incoming, "seq": seq, "owner_seq": incoming.get("owner_seq", incoming.get("seq"))}
         record.pop("leased_from", None)
-        mine = self.node.active.get(call_id)
-        if mine is not None and not mine.get("leased_from") and incoming["owner"] != self.me:
-            # another node owns it now, or finished it (a takeover or a partition): stop owning it,
-            # and pass the fresher copy on to the nodes that held this node's copies
+        if mine is not None:
             self.node.scheduler.discard(mine["socket"], call_id)
-            self.node.active.pop(call_id, None)
             self.leased_out.pop(call_id, None)
-            logger.info("call %s is owned by another node now (term %s)", call_id, record.get("term"))
-            for node_id in mine.get("replicas") or ():
-                if node_id not in (self.me, incoming["owner"]):
-                    self.mesh.send(node_id, protocol.REPLICATE, {"records": [incoming]})
+            if incoming["owner"] == self.me and record["state"] not in C.TERMINAL:
+                # this node's own call, as a peer kept it fresher (after a restart): go on with it
+                self.node.active[call_id] = record
+                self.node.scheduler.push(record["socket"], call_id)
+            else:
+                # another node owns it now, or it ended (a takeover, a partition, a restart): stop
+                # owning it, and pass the winning copy to the nodes that held this node's copies
+                self.node.active.pop(call_id, None)
+                logger.info("call %s is owned by another node now, or ended there (term %s)",
+                            call_id, record.get("term"))
+                for node_id in mine.get("replicas") or ():
+                    if node_id not in (self.me, incoming["owner"]):
+                        self.mesh.send(node_id, protocol.REPLICATE, {"records": [incoming]})
         if record["state"] in C.TERMINAL or incoming["owner"] == self.me:
             self.replicas.pop(call_id, None)
         else:
@@ -375,6 +469,7 @@ class Cluster:
 
     def keep_replica(self, record: dict[str, Any]) -> None:
         """At start: an unfinished copy in the log that this node keeps for another owner."""
+        self.mesh.expect(record["owner"])
         self.replicas[record["id"]] = _Replica(record["owner"], int(record.get("term") or 0),
                                                int(record.get("version") or 0), record["seq"],
                                                list(record.get("replicas") or ()))
@@ -394,12 +489,12 @@ class Cluster:
         duplicates: list[list[str]] = []
         fresher: list[dict[str, Any]] = []
         for rec in records:
-            if not _valid_record(rec):
+            if not _valid_record(rec) or rec.get("superseded"):
                 logger.warning("dropped a malformed record replicated by %s", sender.name)
                 continue
             current = self._current(rec["id"])
-            if current is not None and _rival(current, rec):
-                duplicates.append([rec["id"], current["owner"]])
+            if current is not None and _rival(current, rec) and not wins(rec, current):
+                duplicates.append([rec["id"], current["owner"]])  # the sender holds a duplicate
                 continue
             if current is not None and freshness(current) > freshness(rec) and current["owner"] != sender.node_id:
                 fresher.append(current)  # the sender's copy is stale: it gets this one first
@@ -489,7 +584,8 @@ class Cluster:
             names = self.node.sockets_of.get(name, [])
             now = time.time()
             not_ours: list[tuple[str, str]] = []
-            while len(records) < min(slots, CHUNK):
+            size = 0
+            while len(records) < min(slots, CHUNK) and size < CHUNK_BYTES:
                 taken = self.node.scheduler.take(names)
                 if taken is None:
                     break
@@ -504,8 +600,9 @@ class Cluster:
                 record["started"] = now
                 record["worker"] = sender.name or sender.node_id
                 record["events"].append(["prerun", now, f"Attempt {record['attempts']} leased to node {sender.name}"])
-                self.leased_out[record["id"]] = (sender.node_id, time.monotonic())
+                self.leased_out[record["id"]] = (sender.node_id, time.monotonic(), record["attempts"])
                 records.append(record)
+                size += record_size(record)
             for taken in reversed(not_ours):
                 self.node.scheduler.push_front(*taken)
         more = sum(self.node.scheduler.depth(s) for s in self.node.sockets_of.get(name, ()))
@@ -533,7 +630,12 @@ class Cluster:
                         "call_id": call_id, "ok": False, "value": b"", "error": None,
                         "requeue": "Requeued: the runner holds the call already"}]})
                 continue
-            rec = {**rec, "leased_from": sender.node_id, "state": C.QUEUED}
+            if self.draining or self.node.stopping or self.holding():
+                self.outbox.setdefault(sender.node_id, []).append(({
+                    "call_id": call_id, "ok": False, "value": b"", "error": None, "attempt": rec["attempts"],
+                    "requeue": "Requeued: the runner cannot take calls now"}, "complete"))
+                continue
+            rec = {**rec, "leased_from": sender.node_id, "state": C.QUEUED, "lease_attempt": rec["attempts"]}
             rec["attempts"] = max(0, rec["attempts"] - 1)  # the runner counts the attempt it starts
             self.node.active[call_id] = rec
             self.leased_in[call_id] = sender.node_id
@@ -547,7 +649,7 @@ class Cluster:
         owner = self.leased_in.pop(call_id, record.get("leased_from"))
         self.node.active.pop(call_id, None)
         body = {"call_id": call_id, "ok": error is None and not requeue, "value": value or b"",
-                "error": error, "requeue": requeue}
+                "error": error, "requeue": requeue, "attempt": record.get("lease_attempt")}
         self.completions[call_id] = [owner, body, time.monotonic() + COMPLETE_RESEND]
         self.outbox.setdefault(owner, []).append((body, "complete"))
 
@@ -563,9 +665,10 @@ class Cluster:
         record = self.node.active.get(call_id)
         if record is None or record.get("leased_from") or call_id in self.node.finalizing:
             return  # finished already (another attempt), or not ours: the outcome is ignored
-        lease = self.leased_out.pop(call_id, None)
-        if lease is None and record["state"] != C.RUNNING:
-            pass  # a takeover: the call was queued again here; a result is a result
+        lease = self.leased_out.get(call_id)
+        if lease is not None and (lease[0] != sender.node_id or lease[2] != body.get("attempt")):
+            return  # an earlier lease's outcome, after the call was leased again: the new one decides
+        self.leased_out.pop(call_id, None)
         if body.get("requeue"):
             if lease is not None:
                 self._requeue(record, str(body["requeue"])[:200])
@@ -597,7 +700,7 @@ class Cluster:
         """A member changed state (``new`` is "restarted" for a new incarnation)."""
         if new in (DEAD, "restarted"):
             why = "died" if new == DEAD else "restarted"
-            lost = [call_id for call_id, (runner, _) in self.leased_out.items() if runner == member.node_id]
+            lost = [call_id for call_id, lease in self.leased_out.items() if lease[0] == member.node_id]
             for call_id in lost:
                 if call_id in self.node.active:
                     self._requeue(self.node.active[call_id], f"Requeued: node {member.name} {why} during the call")
@@ -613,6 +716,7 @@ class Cluster:
             self.takeover()
         if new == "restarted" or (new == ALIVE and old != ALIVE):
             self.sync_with(member)
+        self._show_finals()
 
     # -- takeover -------------------------------------------------------------------------------
 
@@ -715,7 +819,7 @@ class Cluster:
         if not self.enabled:
             return
         needed = {n for r in self.node.active.values() for n in r.get("replicas") or () if n != self.me}
-        _, recent = self.node.wal.recent(RECENT_FINALS, 0)
+        _, recent = self.node.wal.recent(RESTART_FINALS, 0)
         self._recent_finals = {r["id"]: freshness(r) for r in recent
                                if r.get("owner") == self.me and r["state"] in C.TERMINAL and r.get("replicas")}
         self._final_times = dict.fromkeys(self._recent_finals, time.monotonic())
@@ -761,11 +865,13 @@ class Cluster:
     def sync_with(self, member: Member, periodic: bool = False) -> None:
         """Tell ``member`` which calls this node holds, so it sends fresher copies back (and,
         for those it holds staler copies of, asks for this node's)."""
-        if periodic:  # copies unchanged for a while only, a bounded number per round
+        if periodic:  # copies unchanged for a while only, a bounded number per round (in turn)
             now = time.monotonic()
             entries = list(itertools.islice(([cid, False, held.term, held.version]
                                              for cid, held in self.replicas.items()
                                              if now - held.since > RESYNC_AGE), CHUNK * 10))
+            for cid, *_ in entries:  # checked: to the back of the line
+                self.replicas[cid] = self.replicas.pop(cid)
         else:
             entries = [[cid, False, held.term, held.version] for cid, held in self.replicas.items()]
         entries += [[cid, *fresh] for cid, fresh in self._recent_finals.items()]
@@ -784,7 +890,7 @@ class Cluster:
         for entry in body.get("calls") or ():
             if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str)):
                 continue
-            record = self._current(entry[0])
+            record = self._known(entry[0])
             theirs = (bool(entry[1]), int(entry[2] or 0), int(entry[3] or 0))
             if record is not None and freshness(record) > theirs:
                 fresher.append(record)
@@ -792,8 +898,8 @@ class Cluster:
                 staler.append([entry[0], *freshness(record)])
         if staler:
             self.mesh.send(sender.node_id, protocol.SYNC, {"calls": staler, "last": False, "pull": True})
-        for start in range(0, len(fresher), CHUNK):
-            self.mesh.send(sender.node_id, protocol.SYNCED, {"records": fresher[start:start + CHUNK], "last": False})
+        for group in chunks(fresher):
+            self.mesh.send(sender.node_id, protocol.SYNCED, {"records": group, "last": False})
         if body.get("last"):
             self.mesh.send(sender.node_id, protocol.SYNCED, {"records": [], "last": True})
 
@@ -822,8 +928,9 @@ class Cluster:
         if not members:
             return False
         token = uuid.uuid4().hex
+        # answered before a client gives up on this node (it waits the GET's wait + 1.5 s)
         self.finds[token] = _Find(peer, request_id, call_id, {m.node_id for m in members},
-                                  time.monotonic() + min(wait_ms, 60_000) / 1000 + 2.0)
+                                  time.monotonic() + min(wait_ms, 60_000) / 1000 + 1.0)
         for member in members:
             self.mesh.send(member.node_id, protocol.FIND, {"token": token, "call_id": call_id, "wait_ms": wait_ms})
         return True
@@ -898,6 +1005,10 @@ class Cluster:
             logger.warning("draining: no new work here; queued calls move to peers")
         else:
             self._drain_file.unlink(missing_ok=True)
+            for call_id in self.handoffs:  # offered but not taken: back in the queue here
+                record = self.node.active.get(call_id)
+                if record is not None and not record.get("leased_from"):
+                    self.node.scheduler.push(record["socket"], call_id)
             self.handoffs.clear()
             logger.info("undrained: this node takes work again")
         self.mesh.heartbeat_now()
@@ -911,25 +1022,31 @@ class Cluster:
         return sum(1 for r in self.node.active.values() if not r.get("leased_from"))
 
     def _hand_off(self, now: float) -> None:
-        """Offer this draining node's queued calls to a peer."""
+        """Offer this draining node's queued calls to peers. An offered call leaves the queue
+        (nothing here starts it) and is offered again, to the same peer while it lives, until
+        that peer answers HANDED."""
         targets = self._replica_candidates()
         if not targets:
             return
-        records: list[dict[str, Any]] = []
-        for call_id, record in self.node.active.items():
+        by_target: dict[str, list[dict[str, Any]]] = {}
+        for call_id, record in list(self.node.active.items()):
             if record.get("leased_from") or call_id in self.node.running or call_id in self.leased_out:
                 continue
             if call_id in self.node.finalizing or record["state"] == C.RUNNING:
                 continue
-            if self.handoffs.get(call_id, 0.0) > now:
+            offered = self.handoffs.get(call_id)
+            if offered is not None and offered[1] > now:
                 continue
-            records.append(record)
-            self.handoffs[call_id] = now + HANDOFF_RETRY
-            if len(records) >= CHUNK * 4:
+            target = offered[0] if offered is not None and self.mesh.is_reachable(offered[0]) else \
+                targets[len(self.handoffs) % len(targets)].node_id
+            self.node.scheduler.discard(record["socket"], call_id)
+            self.handoffs[call_id] = (target, now + HANDOFF_RETRY)
+            by_target.setdefault(target, []).append(record)
+            if sum(len(v) for v in by_target.values()) >= CHUNK * 4:
                 break
-        for index, start in enumerate(range(0, len(records), CHUNK)):
-            target = targets[index % len(targets)]
-            self.mesh.send(target.node_id, protocol.HANDOFF, {"records": records[start:start + CHUNK]})
+        for target, records in by_target.items():
+            for group in chunks(records):
+                self.mesh.send(target, protocol.HANDOFF, {"records": group})
 
     def ask_drain(self, member: Member, drain: bool) -> None:
         """Tell ``member`` to drain (or not), re-sent until its heartbeats say it does."""
@@ -952,14 +1069,16 @@ class Cluster:
         if self.draining or self.node.stopping:
             return  # the sender offers them elsewhere after HANDOFF_RETRY
         records: list[dict[str, Any]] = []
+        answered: list[str] = []
         for rec in body.get("records") or ():
             if not _valid_record(rec) or rec["state"] in C.TERMINAL:
                 continue
             call_id = rec["id"]
-            if call_id in self.node.active:
-                records.append(self.node.active[call_id])  # offered twice: it is ours already
-                continue
             current = self._current(call_id)
+            if call_id in self.node.active or (current is not None and (
+                    current["state"] in C.TERMINAL or int(current.get("term") or 0) > int(rec.get("term") or 0))):
+                answered.append(call_id)  # offered again: it is ours already (or it ended)
+                continue
             seq = current["seq"] if current is not None else self.node.wal.next_seq()
             record = {**rec, "seq": seq, "owner": self.me, "node": self.node.config.name,
                       "term": int(rec.get("term") or 0) + 1, "version": 1,
@@ -971,6 +1090,8 @@ class Cluster:
             self.node.active[call_id] = record
             self.node.scheduler.push(record["socket"], call_id)
             records.append(record)
+        if answered:
+            self.mesh.send(sender.node_id, protocol.HANDED, {"calls": answered})
         if records:
             self.node.wal.submit(("handed", (sender.node_id, [r["id"] for r in records])), records)
             self.replicate(records)
@@ -1027,11 +1148,9 @@ class Cluster:
         for token, find in list(self.finds.items()):
             if find.deadline <= mono:
                 self._finish_find(token, find)
-        # leases on runners this node has not heard from directly for too long
-        for call_id, (runner, _) in list(self.leased_out.items()):
-            member = self.mesh.members.get(runner)
-            if member is not None and mono - member.direct > LEASE_UNREACHABLE and call_id in self.node.active:
-                self._requeue(self.node.active[call_id], f"Requeued: node {member.name} unreachable during the call")
+        if mono >= self._next_lease_check:
+            self._next_lease_check = mono + LEASE_CHECK_EVERY
+            self._check_leases(mono)
         if self.drain_requests:
             self._resend_drains(mono)
         if self.draining and not self.node.stopping:
@@ -1052,7 +1171,43 @@ class Cluster:
         if self.hold_until:
             self.holding()
             next_at = min(next_at, self.hold_until)
+        self._show_finals()
         return next_at
+
+    def _check_leases(self, mono: float) -> None:
+        """Leases that went astray come back: the runner has not been heard from directly for
+        too long, or its heartbeats (which list the calls it holds for each owner) no longer
+        list the call (the LEASE was lost, or the runner dropped it)."""
+        for call_id, (runner, leased_at, _attempt) in list(self.leased_out.items()):
+            record = self.node.active.get(call_id)
+            member = self.mesh.members.get(runner)
+            if record is None or member is None:
+                self.leased_out.pop(call_id, None)
+                continue
+            if mono - member.direct > LEASE_UNREACHABLE:
+                self._requeue(record, f"Requeued: node {member.name} unreachable during the call")
+            elif member.info_at - leased_at > LEASE_GRACE and call_id not in member.info.get("leased", {}).get(self.me, ()):
+                self._requeue(record, f"Requeued: node {member.name} does not hold the lease")
+        # runner side: calls leased here that cannot run here (draining, processor down) go back
+        if self.leased_in and (self.draining or self.node.stopping):
+            self.give_back()
+        for call_id in list(self.leased_in):
+            record = self.node.active.get(call_id)
+            if record is None or call_id in self.node.running:
+                continue
+            runtime = self.node.runtimes.get(record.get("processor", ""))
+            if runtime is None or runtime.status in ("failed", "stopped"):
+                self.node.scheduler.discard(record["socket"], call_id)
+                self.finish_leased(record, None, None, requeue="Requeued: the processor cannot run on the runner")
+
+    def leases_held(self) -> dict[str, list[str]]:
+        """Calls this node holds for other owners, per owner (shown in heartbeats)."""
+        held: dict[str, list[str]] = {}
+        for call_id, owner in self.leased_in.items():
+            held.setdefault(owner, []).append(call_id)
+        for call_id, pending in self.completions.items():
+            held.setdefault(pending[0], []).append(call_id)
+        return held
 
     def _repair(self) -> None:
         """Calls owned here whose replica died or drains get a new replica."""
@@ -1089,8 +1244,10 @@ class Cluster:
             return
         try:
             handler(self, sender, msg.body)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             logger.warning("dropped a malformed %s from %s: %s", msg.name, sender.name, exc)
+        finally:
+            self._show_finals()
 
     def status(self) -> dict[str, Any]:
         reachable = len(self.mesh.reachable())

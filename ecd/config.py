@@ -11,6 +11,7 @@ seed endpoints), ``EC_ADVERTISE``, ``EC_REPLICAS``, ``EC_REQUIRE_REPLICAS`` (``o
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -39,6 +40,14 @@ DEFAULT_PREPARE_RETRY = 60.0
 DEFAULT_HEARTBEAT = 0.5
 
 ENV_PREFIX = "EC_"
+#: A peer endpoint: ``tcp://HOST:PORT`` (HOST a name, an IPv4 address or ``[IPv6]``).
+TCP_ENDPOINT_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+def is_peer_endpoint(text: str) -> bool:
+    """True for a ``tcp://HOST:PORT`` endpoint with a port in 1..65535."""
+    match = TCP_ENDPOINT_RE.fullmatch(text) if isinstance(text, str) and len(text) <= 300 else None
+    return bool(match) and 0 < int(match.group(2)) < 65536
 
 
 @dataclass(frozen=True)
@@ -99,11 +108,13 @@ def _coerce(name: str, value: Any) -> Any:
             for item in items:
                 if not item.startswith(("tcp://", "ipc://")):
                     raise ConfigError(f"{name}: {item!r} is not a tcp:// or ipc:// endpoint")
+                if name == "join" and not is_peer_endpoint(item):
+                    raise ConfigError(f"join: {item!r} is not a tcp://HOST:PORT endpoint")
             return items
         if name == "advertise":
             text = str(value).strip()
-            if text and not text.startswith("tcp://"):
-                raise ConfigError(f"advertise: {text!r} is not a tcp:// endpoint")
+            if text and not is_peer_endpoint(text):
+                raise ConfigError(f"advertise: {text!r} is not a tcp://HOST:PORT endpoint")
             return text
         if name in ("cpus", "map_size", "replicas"):
             number = int(value)

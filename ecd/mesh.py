@@ -28,6 +28,8 @@ import zmq
 
 import protocol
 
+from .config import is_peer_endpoint
+
 logger = logging.getLogger(__name__)
 
 ALIVE = "alive"
@@ -39,6 +41,10 @@ DEAD_AFTER = 5
 #: Messages a DEALER queues for a connected peer before sends fail (flow control, never a drop:
 #: every sender retries what it must deliver).
 PEER_SNDHWM = 200_000
+#: Seconds a member known only from the log gets to appear before the usual timeouts run.
+EXPECT_GRACE = 5.0
+#: Seconds after which a dead member is forgotten (it no longer counts for a majority).
+FORGET_AFTER = 3600.0
 #: Members a heartbeat's gossip carries at most.
 MAX_GOSSIP = 256
 
@@ -55,7 +61,8 @@ class Member:
     state: str = SUSPECT
     heard: float = 0.0     # monotonic time a newer beat of it arrived (directly or by gossip)
     direct: float = 0.0    # monotonic time a message came from it directly
-    info: dict[str, Any] = field(default_factory=dict)  # its last heartbeat (stats, slots, wants)
+    info: dict[str, Any] = field(default_factory=dict)  # its last heartbeat (stats, wants, leases)
+    info_at: float = 0.0   # monotonic time that heartbeat arrived
 
     @property
     def draining(self) -> bool:
@@ -80,6 +87,30 @@ def _str(body: dict[str, Any], key: str, limit: int = 500) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise ValueError(f"{key} must be a string of at most {limit} characters")
     return value
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _info(body: dict[str, Any]) -> dict[str, Any]:
+    """What a heartbeat says of its sender, each field checked (a bad one is left out)."""
+    info: dict[str, Any] = {}
+    for key in ("cpus", "busy", "depth"):
+        value = body.get(key)
+        info[key] = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    for key in ("load", "memory", "disk"):
+        info[key] = _number(body.get(key))
+    info["version"] = body["version"][:100] if isinstance(body.get("version"), str) else None
+    info["draining"] = body.get("draining") is True
+    info["drained"] = body.get("drained") is True
+    wants = body.get("wants")
+    info["wants"] = {k: v for k, v in wants.items() if isinstance(k, str) and isinstance(v, int)
+                     and not isinstance(v, bool) and v > 0} if isinstance(wants, dict) else {}
+    leased = body.get("leased")
+    info["leased"] = {k: [c for c in v if isinstance(c, str)] for k, v in leased.items()
+                      if isinstance(k, str) and isinstance(v, list)} if isinstance(leased, dict) else {}
+    return info
 
 
 def _int(body: dict[str, Any], key: str) -> int:
@@ -120,9 +151,11 @@ class Mesh:
         """True when this node can be part of a mesh (it has an endpoint peers can reach)."""
         return bool(self.endpoint)
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
+    def _socket(self, endpoint: str) -> zmq.Socket | None:
         sock = self._sockets.get(endpoint)
         if sock is None:
+            if not is_peer_endpoint(endpoint):
+                return None
             sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -133,19 +166,35 @@ class Mesh:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
             sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
             sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 65536)
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                logger.warning("mesh: cannot connect to %s: %s", endpoint, exc)
+                sock.close(0)
+                return None
             self._sockets[endpoint] = sock
         return sock
 
     def _post(self, endpoint: str, command: int, body: dict[str, Any]) -> bool:
         if not endpoint or endpoint == self.endpoint:
             return False
-        frames = protocol.encode(protocol.PeerMessage(
-            command=command, body=body, credentials={"node": self.node_id}))
         try:
-            self._socket(endpoint).send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            frames = protocol.encode(protocol.PeerMessage(
+                command=command, body=body, credentials={"node": self.node_id}))
+        except protocol.ProtocolError as exc:  # e.g. over the size limit: the caller copes
+            logger.error("mesh: cannot send %s to %s: %s", protocol.PEER_COMMAND_NAMES.get(command), endpoint,
+                         exc.reason)
+            return False
+        sock = self._socket(endpoint)
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.refused += 1
+            return False
+        except zmq.ZMQError as exc:
+            logger.warning("mesh: cannot send to %s: %s", endpoint, exc)
             return False
         self.sent += 1
         return True
@@ -165,11 +214,20 @@ class Mesh:
 
     # -- membership -----------------------------------------------------------------------------
 
+    def expect(self, node_id: str) -> None:
+        """A node this one holds copies for, known only from its log: counted as a member (so
+        it is found dead, and its calls taken over, if it never shows up)."""
+        if node_id != self.node_id and node_id not in self.members:
+            # a few seconds' grace: after a restart of many nodes, peers take a moment to appear
+            self.members[node_id] = Member(node_id=node_id, heard=time.monotonic() + EXPECT_GRACE)
+
     def add_seeds(self, endpoints: list[str]) -> None:
         """Endpoints to say HELLO to until they answer (``--join`` and the topology's nodes)."""
         known = {m.endpoint for m in self.members.values()}
         for endpoint in endpoints:
-            if endpoint and endpoint != self.endpoint and endpoint not in known and endpoint not in self._seeds:
+            if not is_peer_endpoint(endpoint):
+                continue
+            if endpoint != self.endpoint and endpoint not in known and endpoint not in self._seeds:
                 self._seeds.add(endpoint)
                 self._next_hello = 0.0
 
@@ -183,6 +241,8 @@ class Mesh:
             return None
         member = self.members.get(node_id)
         endpoint = _str(body, "endpoint")
+        if not is_peer_endpoint(endpoint):
+            raise ValueError(f"endpoint {endpoint[:80]!r} is not tcp://HOST:PORT")
         if member is None:
             member = self.members[node_id] = Member(node_id=node_id, endpoint=endpoint)
             self._seeds.discard(endpoint)
@@ -241,9 +301,8 @@ class Mesh:
                     return None
                 self._fresh(member, _int(body, "incarnation"), _int(body, "beat"), now, direct=True)
                 if msg.command == protocol.HEARTBEAT:
-                    member.info = {k: body.get(k) for k in (
-                        "cpus", "busy", "depth", "load", "memory", "disk", "version", "draining", "drained",
-                        "wants", "slots")}
+                    member.info = _info(body)
+                    member.info_at = now
                 if msg.command == protocol.HELLO:
                     self._post(member.endpoint, protocol.WELCOME, self._hello_body())
                     self._post(member.endpoint, protocol.HEARTBEAT, self._heartbeat_body())
@@ -267,8 +326,8 @@ class Mesh:
             if not (isinstance(entry, list) and len(entry) == 5):
                 continue
             node_id, incarnation, beat, endpoint, name = entry
-            if not (isinstance(node_id, str) and isinstance(endpoint, str) and isinstance(incarnation, int)
-                    and isinstance(beat, int)) or node_id == self.node_id:
+            if not (isinstance(node_id, str) and len(node_id) <= 64 and is_peer_endpoint(endpoint)
+                    and isinstance(incarnation, int) and isinstance(beat, int)) or node_id == self.node_id:
                 continue
             member = self.members.get(node_id)
             if member is None:
@@ -309,6 +368,9 @@ class Mesh:
             self._next_hello = now + max(self.interval, 0.5)
         for member in list(self.members.values()):
             self._update(member, now)
+            if member.state == DEAD and now - member.heard > FORGET_AFTER:
+                logger.info("mesh: forgetting node %s, dead for %ds", member.name or member.node_id, FORGET_AFTER)
+                del self.members[member.node_id]
         return min(self._next_beat, self._next_hello if self._seeds else self._next_beat)
 
     # -- views ----------------------------------------------------------------------------------

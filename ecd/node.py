@@ -364,11 +364,13 @@ class Node:
 
     def _mesh_tick(self, mono: float) -> float:
         """Heartbeats and the mesh's timers; a bug there is logged, never fatal to the node."""
-        try:
-            return min(self.mesh.tick(mono), self.cluster.tick(mono))
-        except Exception:
-            logger.exception("mesh timers failed")
-            return mono + 0.5
+        next_at = mono + 0.5
+        for tick in (self.mesh.tick, self.cluster.tick):
+            try:
+                next_at = min(next_at, tick(mono))
+            except Exception:
+                logger.exception("mesh timers failed")
+        return next_at
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -475,9 +477,10 @@ class Node:
             self._error(peer, msg.request_id, *value)
         elif kind in ("new", "restore"):
             self.ack_waiters[call_id] = [(peer, msg.request_id)]
-            self.wal.submit(("accept", [call_id]), [value], linger=kind == "new" and self._starts_now(msg.socket))
+            linger = kind == "new" and self._starts_now(msg.socket)
+            self.wal.submit(("accept", [call_id]), [value], linger=linger)
             if value.get("replicas"):
-                self.cluster.replicate([value], gate="accept")
+                self.cluster.replicate([value], gate="accept", defer=linger)
         elif call_id in self.ack_waiters:
             self.ack_waiters[call_id].append((peer, msg.request_id))
         else:
@@ -588,16 +591,19 @@ class Node:
         heapq.heappush(self.get_timers, (time.monotonic() + wait, self._timer_seq, call_id, peer, request_id))
 
     def deliver_stored_result(self, call_id: str) -> None:
-        """A final record written here for another owner: answer the GETs waiting for it."""
-        waiters = self.result_waiters.pop(call_id, None)
-        if not waiters:
+        """A final record written here for another owner: answer the GETs (and CALLS with push)
+        waiting for it."""
+        if call_id not in self.result_waiters and call_id not in self.push_waiters:
             return
         record = self.wal.get(call_id)
         if record is None or record["state"] not in C.TERMINAL:
-            self.result_waiters[call_id] = waiters
             return
-        for peer, request_id in waiters:
+        for peer, request_id in self.result_waiters.pop(call_id, []):
             self.reply(peer, self._result_message(record, request_id))
+        pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]] = {}
+        for key in self.push_waiters.pop(call_id, []):
+            pushes.setdefault(key, []).append(self._result_entry(record))
+        self._send_pushes(pushes)
 
     def result_message(self, record: dict[str, Any]) -> protocol.Result:
         return self._result_message(record, b"")
@@ -682,10 +688,12 @@ class Node:
         for key in self.push_waiters.pop(call_id, []):
             pushes.setdefault(key, []).append(self._result_entry(record))
 
-    def final_durable(self, call_id: str, error: Exception | None) -> None:
-        """The replicas of a final record answered after this node's own commit."""
+    def finals_durable(self, call_ids: list[str]) -> None:
+        """The replicas of these final records answered after this node's own commit."""
         pushes: dict[tuple[Peer, bytes], list[dict[str, Any]]] = {}
-        self._final_out(call_id, pushes, {})
+        ended: dict[str, dict[str, Any]] = {}
+        for call_id in call_ids:
+            self._final_out(call_id, pushes, ended)
         self._send_pushes(pushes)
 
     def accept_durable(self, call_id: str, error: Exception | None, duplicate: bool = False) -> None:
@@ -761,9 +769,14 @@ class Node:
         if self.scheduler.waiting and not self.scheduler.runnable(self._can_run):
             self._prefetch()
         if self.mesh.members:
-            self.cluster.offer_credit()
+            try:
+                self.cluster.offer_credit()
+            except Exception:  # a peer's odd heartbeat must never stop the node
+                logger.exception("cannot offer credit to peers")
 
     def _prefetch(self) -> None:
+        if self.cluster.draining or self.cluster.hold_until:
+            return  # a draining node starts nothing new; a rejoining one waits for its peers
         for runtime in self.runtimes.values():
             names = self.sockets_of.get(runtime.name)
             if not names or runtime.status != RUNNING or runtime.paused or runtime.start_interval:
@@ -1283,7 +1296,8 @@ class Node:
         """This node as its heartbeats show it to peers."""
         return {"cpus": self.config.cpus, "busy": self.scheduler.busy, "depth": self.scheduler.waiting,
                 **self.host_stats(), "version": __version__, "draining": self.cluster.draining,
-                "drained": self.cluster.drained, "wants": self.cluster.wants()}
+                "drained": self.cluster.drained, "wants": self.cluster.wants(),
+                "leased": self.cluster.leases_held()}
 
     def host_stats(self) -> dict[str, float]:
         if self._host_stats is None:
