@@ -26,23 +26,32 @@ pytestmark = [pytest.mark.timeout(300),
 
 @pytest.fixture
 def lab_mesh(venv_cache: Path, sample_repo: str) -> Iterator[tuple[netns.NetLab, MeshNodes]]:
+    """Three nodes, each in its own network namespace; every daemon, namespace and dir removed."""
     base = Path(tempfile.mkdtemp(prefix="ec-part-"))
-    with netns.NetLab(3, prefix="ecpt") as lab:
-        nodes = MeshNodes(base, venv_cache, lab=lab)
-        try:
-            nodes.start()
-            with nodes.client(0, timeout=60) as client:
-                register_sample(client, sample_repo)
-                client.add_socket("sample.tasks.token", processor="proc1", function="token", queue="q1")
-            for i in (1, 2):
-                with nodes.client(i, timeout=30) as client:
-                    wait_for(lambda: processor_view(client, "proc1").get("status") == "running"
-                             and "sample.tasks.token" in {s["name"] for s in client.status()["sockets"]},
-                             180, what=f"proc1 running on n{i + 1}")
-            yield lab, nodes
-        finally:
-            nodes.cleanup()
-            shutil.rmtree(base, ignore_errors=True)
+    try:
+        with netns.NetLab(3, prefix="ecpt") as lab:
+            yield from _started(base, venv_cache, sample_repo, lab)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _started(base: Path, venv_cache: Path, sample_repo: str,
+             lab: netns.NetLab) -> Iterator[tuple[netns.NetLab, MeshNodes]]:
+    """Three nodes in the lab's namespaces with the example processor running on each."""
+    nodes = MeshNodes(base, venv_cache, lab=lab)
+    try:
+        nodes.start()
+        with nodes.client(0, timeout=60) as client:
+            register_sample(client, sample_repo)
+            client.add_socket("sample.tasks.token", processor="proc1", function="token", queue="q1")
+        for i in (1, 2):
+            with nodes.client(i, timeout=30) as client:
+                wait_for(lambda: processor_view(client, "proc1").get("status") == "running"
+                         and "sample.tasks.token" in {s["name"] for s in client.status()["sockets"]},
+                         180, what=f"proc1 running on n{i + 1}")
+        yield lab, nodes
+    finally:
+        nodes.cleanup()
 
 
 def _submit(nodes: MeshNodes, i: int, count: int, seconds: float = 0.01) -> list[str]:
