@@ -805,7 +805,7 @@ class Cluster:
                 copy = {**mine, "owner": new_owner, "term": int(mine.get("term") or 0) + 1, "version": 0,
                         "events": list(mine["events"])}
                 if copy["state"] == C.RUNNING:
-                    C.mark_requeued(copy, f"Taken over by another node", refund=True)
+                    C.mark_requeued(copy, "Taken over by another node", refund=True)
                 self.replicas[call_id] = _Replica(new_owner, copy["term"], 0, copy["seq"], [])
                 self.node.wal.submit(None, [copy])
 

@@ -37,7 +37,7 @@ from .errors import ConfigError, EcdError, NotFound, PeerUnreachable, RepoError,
 from .exporter import HistoryExporter
 from .history import HistoryStore
 from .mesh import Mesh
-from .processors import FAILED, PAUSED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
+from .processors import FAILED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
 from .repos import CodeLoader
 from .scheduler import Scheduler
 from .sdnotify import Notifier

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ecctl import Client
-from tests.conftest import EcdProcess
+from tests.conftest import EcdProcess, processor_view, register_sample
 from tests.waiting import wait_for
 
 #: Heartbeat interval of test meshes (a node is dead after 5 missed beats).
@@ -59,6 +59,18 @@ class MeshNodes:
             node.wait_ready()
         self.wait_formed()
         return self
+
+    def run_sample(self, repo: str) -> None:
+        """Register the example processor through node 1 (plus a socket for ``token``) and
+        return once it runs, with that socket known, on every node."""
+        with self.client(0, timeout=60) as client:
+            register_sample(client, repo)
+            client.add_socket("sample.tasks.token", processor="proc1", function="token", queue="q1")
+        for i in range(1, len(self.nodes)):
+            with self.client(i, timeout=30) as client:
+                wait_for(lambda: processor_view(client, "proc1").get("status") == "running"
+                         and "sample.tasks.token" in {s["name"] for s in client.status()["sockets"]},
+                         180, what=f"proc1 running on {self.names[i]}")
 
     def client(self, i: int, **kwargs: Any) -> Client:
         return Client(self.nodes[i].endpoint, **kwargs)

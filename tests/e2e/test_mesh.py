@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from ecctl import Client
-from tests.conftest import processor_view, register_sample, run_ecctl
+from tests.conftest import processor_view, run_ecctl
 from tests.e2e.history import ANY, History, check
 from tests.mesh import MeshNodes
 from tests.waiting import wait_for
@@ -32,14 +32,7 @@ def mesh(venv_cache: Path, sample_repo: str) -> Iterator[MeshNodes]:
     nodes = MeshNodes(base, venv_cache)
     try:
         nodes.start()
-        with nodes.client(0, timeout=60) as client:
-            register_sample(client, sample_repo)
-            client.add_socket("sample.tasks.token", processor="proc1", function="token", queue="q1")
-        for i in (1, 2):
-            with nodes.client(i, timeout=30) as client:
-                wait_for(lambda: processor_view(client, "proc1").get("status") == "running"
-                         and "sample.tasks.token" in {s["name"] for s in client.status()["sockets"]},
-                         180, what=f"proc1 running on n{i + 1}")
+        nodes.run_sample(sample_repo)
         yield nodes
     finally:
         nodes.cleanup()
