@@ -83,6 +83,16 @@ def mark_running(record: dict[str, Any], worker_pid: int, now: float | None = No
     _event(record, "prerun", f"Attempt {record['attempts']} on worker {worker_pid}", now)
 
 
+def mark_leased(record: dict[str, Any], node: str, now: float | None = None) -> None:
+    """An attempt starts on another node of the mesh (its owner leased the call to it)."""
+    now = time.time() if now is None else now
+    record["state"] = RUNNING
+    record["attempts"] += 1
+    record["started"] = now
+    record["worker"] = node
+    _event(record, "prerun", f"Attempt {record['attempts']} leased to node {node}", now)
+
+
 def mark_done(record: dict[str, Any], value: bytes, now: float | None = None) -> None:
     now = time.time() if now is None else now
     record["state"] = DONE

@@ -217,8 +217,8 @@ class Cluster:
         self.sync_waiting: set[str] = set()
         self.sync_needed: set[str] = set()   # nodes a restarted node waits to hear from
         self.synced: set[str] = set()        # nodes that answered this node's SYNC
-        self._recent_finals: dict[str, tuple[bool, int, int]] = {}  # outcomes offered in SYNCs
-        self._final_times: dict[str, float] = {}
+        # outcomes offered in SYNCs: call -> (freshness, monotonic time it was noted)
+        self._recent_finals: dict[str, tuple[tuple[bool, int, int], float]] = {}
         self.hold_until = 0.0
         self.under_replicated = 0
         self.taken_over = 0
@@ -595,11 +595,7 @@ class Cluster:
                 if record.get("leased_from"):  # leased here by another owner: it runs here
                     not_ours.append(taken)
                     continue
-                record["state"] = C.RUNNING
-                record["attempts"] += 1
-                record["started"] = now
-                record["worker"] = sender.name or sender.node_id
-                record["events"].append(["prerun", now, f"Attempt {record['attempts']} leased to node {sender.name}"])
+                C.mark_leased(record, sender.name or sender.node_id, now)
                 self.leased_out[record["id"]] = (sender.node_id, time.monotonic(), record["attempts"])
                 records.append(record)
                 size += record_size(record)
@@ -740,13 +736,10 @@ class Cluster:
             if record is None or record["state"] in C.TERMINAL:
                 continue
             old_owner = record["owner"]
-            if record["state"] == C.RUNNING:
-                C.mark_requeued(record, "Requeued: its node was lost", refund=True)
-            if record["state"] == C.RETRYING:
-                record["state"] = C.QUEUED
+            C.mark_requeued(record, f"Taken over by node {self.node.config.name}",
+                            refund=record["state"] == C.RUNNING)  # an interrupted attempt does not count
             record.update(owner=self.me, node=self.node.config.name, term=int(record.get("term") or 0) + 1,
                           version=1, replicas=self.pick_replicas(call_id, exclude=(old_owner,)))
-            record["events"].append(["queued", time.time(), f"Taken over by node {self.node.config.name}"])
             running_here = call_id in self.node.running  # leased here by the lost owner: it goes on
             self.leased_in.pop(call_id, None)
             self.node.active[call_id] = record
@@ -820,9 +813,9 @@ class Cluster:
             return
         needed = {n for r in self.node.active.values() for n in r.get("replicas") or () if n != self.me}
         _, recent = self.node.wal.recent(RESTART_FINALS, 0)
-        self._recent_finals = {r["id"]: freshness(r) for r in recent
+        now = time.monotonic()
+        self._recent_finals = {r["id"]: (freshness(r), now) for r in recent
                                if r.get("owner") == self.me and r["state"] in C.TERMINAL and r.get("replicas")}
-        self._final_times = dict.fromkeys(self._recent_finals, time.monotonic())
         needed |= {n for r in recent if r["id"] in self._recent_finals for n in r.get("replicas") or () if n != self.me}
         if needed:
             self.sync_needed = needed
@@ -835,21 +828,17 @@ class Cluster:
         costs nothing."""
         if int(record.get("term") or 0) == 0 and self._mesh_whole():
             return
-        self._recent_finals[record["id"]] = freshness(record)
-        self._final_times[record["id"]] = time.monotonic()
+        self._recent_finals[record["id"]] = (freshness(record), time.monotonic())
         while len(self._recent_finals) > RECENT_FINALS:
-            oldest = next(iter(self._recent_finals))
-            del self._recent_finals[oldest]
-            self._final_times.pop(oldest, None)
+            del self._recent_finals[next(iter(self._recent_finals))]
 
     def _mesh_whole(self) -> bool:
         now = time.monotonic()
         return all(m.state == ALIVE and now - m.direct <= 3 * self.mesh.interval for m in self.mesh.members.values())
 
     def _forget_old_finals(self, mono: float) -> None:
-        for call_id in [cid for cid, at in self._final_times.items() if mono - at > FINAL_WATCH]:
-            self._recent_finals.pop(call_id, None)
-            del self._final_times[call_id]
+        for call_id in [cid for cid, (_, at) in self._recent_finals.items() if mono - at > FINAL_WATCH]:
+            del self._recent_finals[call_id]
 
     def holding(self) -> bool:
         """True while a restarted node still waits for its peers' answers (at most SYNC_HOLD)."""
@@ -874,7 +863,7 @@ class Cluster:
                 self.replicas[cid] = self.replicas.pop(cid)
         else:
             entries = [[cid, False, held.term, held.version] for cid, held in self.replicas.items()]
-        entries += [[cid, *fresh] for cid, fresh in self._recent_finals.items()]
+        entries += [[cid, *fresh] for cid, (fresh, _) in self._recent_finals.items()]
         if not periodic:
             entries += [[cid, *freshness(rec)] for cid, rec in self.node.active.items()
                         if not rec.get("leased_from") and rec.get("replicas")]
@@ -1081,11 +1070,9 @@ class Cluster:
                 continue
             seq = current["seq"] if current is not None else self.node.wal.next_seq()
             record = {**rec, "seq": seq, "owner": self.me, "node": self.node.config.name,
-                      "term": int(rec.get("term") or 0) + 1, "version": 1,
+                      "term": int(rec.get("term") or 0) + 1, "version": 1, "events": list(rec["events"]),
                       "replicas": self.pick_replicas(call_id, exclude=(sender.node_id,))}
-            if record["state"] == C.RETRYING:
-                record["state"] = C.QUEUED
-            record["events"] = [*rec["events"], ["queued", time.time(), f"Handed over by draining node {sender.name}"]]
+            C.mark_requeued(record, f"Handed over by draining node {sender.name}")
             self.replicas.pop(call_id, None)
             self.node.active[call_id] = record
             self.node.scheduler.push(record["socket"], call_id)
@@ -1113,7 +1100,8 @@ class Cluster:
             self.node.scheduler.discard(record["socket"], call_id)
             self.node.active.pop(call_id)
             record = {**record, "owner": sender.node_id, "term": int(record.get("term") or 0) + 1, "version": 0,
-                      "events": [*record["events"], ["queued", time.time(), f"Handed over to node {sender.name}"]]}
+                      "events": list(record["events"])}
+            C.mark_requeued(record, f"Handed over to node {sender.name}")
             self.replicas[call_id] = _Replica(sender.node_id, record["term"], 0, record["seq"], [])
             writes.append(record)
         if writes:

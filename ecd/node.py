@@ -918,11 +918,12 @@ class Node:
 
     def _submit_final(self, call_id: str, outcome: dict[str, Any]) -> None:
         """Write a call's final record; it is shown once durable here and on its replicas."""
-        if outcome.get("replicas"):
+        replicated = bool(outcome.get("replicas"))
+        if replicated:
             outcome["version"] = int(outcome.get("version") or 0) + 1
         self.finalizing[call_id] = outcome
         self.wal.submit(("final", [call_id]), [outcome])
-        if outcome.get("replicas"):
+        if replicated:
             self.cluster.replicate([outcome], gate="final")
 
     # -- workers --------------------------------------------------------------------------------
