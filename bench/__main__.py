@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import calls, history, mesh, topology
+from . import calls, flows, history, mesh, topology
 
-BENCHES = {"calls": calls.main, "history": history.main, "mesh": mesh.main,
+BENCHES = {"calls": calls.main, "flows": flows.main, "history": history.main, "mesh": mesh.main,
            "topology": topology.main}
 
 

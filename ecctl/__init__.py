@@ -5,8 +5,10 @@
     3
 """
 
-from .client import AsyncResult, Client, Function, Signature, Socket
+from .client import AsyncResult, Client, Function, Signature
+from .declare import Plug, Processor, ProcessorBase, Socket, plug, processor, socket
 from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
+from .workflows import Funnel, Parallel, Pipeline, Workflow, funnel, parallel, pipeline
 
 __all__ = [
     "AsyncResult",
@@ -14,9 +16,22 @@ __all__ = [
     "Client",
     "EcctlError",
     "Function",
+    "Funnel",
     "NoDaemon",
+    "Parallel",
+    "Pipeline",
+    "Plug",
+    "Processor",
+    "ProcessorBase",
     "RemoteError",
     "ServerError",
     "Signature",
     "Socket",
+    "Workflow",
+    "funnel",
+    "parallel",
+    "pipeline",
+    "plug",
+    "processor",
+    "socket",
 ]

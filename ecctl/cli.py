@@ -129,11 +129,15 @@ def _print_value(value: Any) -> None:
 
 
 def _run(state: State, socket: str, args: tuple[str, ...], data: str | None, no_wait: bool,
-         timeout: float | None) -> None:
+         timeout: float | None, stream: bool = False) -> None:
     call_args = _call_args(args, data)
-    handle = state.client.submit(socket, call_args)
+    handle = state.client.submit(socket, call_args, stream=stream)
     if no_wait:
         click.echo(handle.id)
+        return
+    if stream:
+        for item in state.client.stream(handle.id, timeout=timeout):
+            _print_value(item)
         return
     _print_value(handle.get(timeout))
 
@@ -143,6 +147,8 @@ _run_options = [
     click.option("--no-wait", is_flag=True, help="Print the call id once accepted; do not wait."),
     click.option("--timeout", "wait", type=float, metavar="S",
                  help="Seconds to wait for the result (default: forever)."),
+    click.option("--stream", is_flag=True,
+                 help="Print each item a generator function yields, a line each, as it comes."),
 ]
 
 
@@ -158,12 +164,13 @@ def _with_run_options(fn: Any) -> Any:
 @_with_run_options
 @click.pass_obj
 def run_cmd(state: State, socket: str, args: tuple[str, ...], data: str | None, no_wait: bool,
-            wait: float | None) -> None:
+            wait: float | None, stream: bool) -> None:
     """Call SOCKET with each ARG as one string argument and print the result.
 
-    With no ARG and no --data, a non-TTY stdin is the one argument.
+    With no ARG and no --data, a non-TTY stdin is the one argument. With --stream, each item
+    of a streaming socket (a generator) is printed as it comes.
     """
-    _run(state, socket, args, data, no_wait, wait)
+    _run(state, socket, args, data, no_wait, wait, stream)
 
 
 @cli.group("task")
@@ -177,9 +184,9 @@ def task_group() -> None:
 @_with_run_options
 @click.pass_obj
 def task_run_cmd(state: State, socket: str, args: tuple[str, ...], data: str | None,
-                 no_wait: bool, wait: float | None) -> None:
+                 no_wait: bool, wait: float | None, stream: bool) -> None:
     """Same as `ecctl run SOCKET`."""
-    _run(state, socket, args, data, no_wait, wait)
+    _run(state, socket, args, data, no_wait, wait, stream)
 
 
 # ------------------------------------------------------------------------------ status
@@ -219,6 +226,60 @@ def ping_cmd(ctx: click.Context, json_flag: bool) -> None:
     state = state_of(ctx, json_flag)
     pong = state.client.ping()
     show(state, pong, f"{pong['node']} {pong['version']} {pong['rtt'] * 1000:.1f} ms")
+
+
+# ------------------------------------------------------------------------------ listen
+
+def _adaptor(spec: str) -> Any:
+    """``module.function`` (or ``module.Class.method``) from the current directory or sys.path."""
+    import importlib
+    import os
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    parts = spec.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            target: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[split:]:
+                target = getattr(target, attr)
+        except AttributeError as exc:
+            raise click.BadParameter(f"{spec}: {exc}", param_hint="--adaptor") from exc
+        if not callable(target):
+            raise click.BadParameter(f"{spec} is not callable", param_hint="--adaptor")
+        return target
+    raise click.BadParameter(f"cannot import a module of {spec!r}", param_hint="--adaptor")
+
+
+@cli.command("listen")
+@click.option("-n", "--name", required=True, metavar="NAME",
+              help="Processor, socket or queue to listen to ('*' for everything).")
+@click.option("-c", "--channel", type=click.Choice(protocol.CHANNELS), required=True,
+              help="task: lifecycle events; log: worker output lines; result: outcomes.")
+@click.option("-a", "--adaptor", metavar="MODULE.FUNCTION",
+              help="Pass each event (a dict) to this function instead of printing it.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N events.")
+@click.option("--for", "duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after SECONDS.")
+@click.pass_obj
+def listen_cmd(state: State, name: str, channel: str, adaptor: str | None, count: int | None,
+               duration: float | None) -> None:
+    """Stream the events of NAME from every node of the mesh, one JSON object per line."""
+    handler = _adaptor(adaptor) if adaptor else None
+    click.echo(f"Listening to {name} ({channel})", err=True)
+    seen = 0
+    for event in state.client.listen("" if name == "*" else name, channel, timeout=duration):
+        if handler is not None:
+            handler(event)
+        else:
+            sys.stdout.write(json.dumps(output.to_jsonable(event), sort_keys=True) + "\n")
+            sys.stdout.flush()
+        seen += 1
+        if count is not None and seen >= count:
+            return
 
 
 # ----------------------------------------------------------------------- apply / export

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,22 +147,27 @@ class Client:
             # reference cycle) must never block in Context.term() on its own open socket.
             self._ctx = zmq.Context.instance()
         if self._sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 0)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
-            sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 65536)
-            try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as exc:   # malformed endpoint, ipc path too long, ...
-                sock.close(linger=0)
-                raise EcctlError(f"cannot connect to {self.endpoint}: {exc}") from exc
-            self._sock = sock
+            self._sock = self._connect(self._ctx, self.endpoint)
         return self._sock
+
+    @staticmethod
+    def _connect(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+        """A DEALER connected to ``endpoint`` with the client's options."""
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 6000)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 65536)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:   # malformed endpoint, ipc path too long, ...
+            sock.close(linger=0)
+            raise EcctlError(f"cannot connect to {endpoint}: {exc}") from exc
+        return sock
 
     def _reset(self) -> None:
         """Drop the socket (and whatever it queued); the next request makes a new one."""
@@ -353,17 +358,34 @@ class Client:
     # -- calls -----------------------------------------------------------------------------
 
     def submit(self, socket: str, args: tuple[Any, ...] | list[Any] = (),
-               kwargs: Mapping[str, Any] | None = None, *, call_id: str | None = None) -> AsyncResult:
-        """Submit a call of ``socket``; returns once the daemon durably accepted it."""
+               kwargs: Mapping[str, Any] | None = None, *, call_id: str | None = None,
+               stream: bool = False) -> AsyncResult:
+        """Submit a call of ``socket``; returns once the daemon durably accepted it. With
+        ``stream`` this client will read its items (:meth:`stream`) from the first one."""
         msg = protocol.Call(socket=socket, args=protocol.pack(list(args)),
                             kwargs=protocol.pack(dict(kwargs or {})),
-                            call_id=call_id or str(uuid.uuid4()))
+                            call_id=call_id or str(uuid.uuid4()), stream=stream)
         reply = self.request(msg, resend=True)
         if not isinstance(reply, protocol.Accepted):
             raise EcctlError(f"unexpected reply to CALL: {type(reply).__name__}")
         result = AsyncResult(self, reply.call_id, seq=reply.seq, node=reply.node,
                              duplicate=reply.duplicate)
         if reply.result is not None:  # a fast call: it had already ended durably
+            result._reply = protocol.Result(call_id=reply.call_id, **reply.result)
+            result._state = "done" if reply.result["ok"] else "failed"
+        return result
+
+    def submit_flow(self, graph: Mapping[str, Any], args: tuple[Any, ...] | list[Any] = (),
+                    kwargs: Mapping[str, Any] | None = None, *, flow_id: str | None = None) -> AsyncResult:
+        """Send a workflow graph (see :mod:`ecctl.workflows`); returns once a daemon holds it
+        durably. The returned handle's id is the workflow's: ``result(id)`` is its result."""
+        msg = protocol.Flow(graph=dict(graph), args=protocol.pack(list(args)),
+                            kwargs=protocol.pack(dict(kwargs or {})), flow_id=flow_id or str(uuid.uuid4()))
+        reply = self.request(msg, resend=True)
+        if not isinstance(reply, protocol.Accepted):
+            raise EcctlError(f"unexpected reply to FLOW: {type(reply).__name__}")
+        result = AsyncResult(self, reply.call_id, seq=reply.seq, node=reply.node, duplicate=reply.duplicate)
+        if reply.result is not None:
             result._reply = protocol.Result(call_id=reply.call_id, **reply.result)
             result._state = "done" if reply.result["ok"] else "failed"
         return result
@@ -407,6 +429,102 @@ class Client:
                 continue
             if isinstance(reply, protocol.Result):
                 return _outcome(reply)
+
+    def stream(self, call_id: str, timeout: float | None = None) -> Iterator[Any]:
+        """The items a streaming call (a generator) yields, as they come; its failure raises
+        :class:`RemoteError` after the items before it. A call that is not a generator gives its
+        result as one item. Each request for more also tells the node how far this reader got:
+        a slow reader holds the generator back (back-pressure), and one that stops asking for 10
+        seconds no longer does. ``timeout`` bounds the whole stream."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        longest = min(MAX_WAIT_MS, self._max_wait_ms()) / 1000
+        position = 0
+        while True:
+            remaining = longest if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise CallTimeout(f"stream of call {call_id} not finished after {timeout}s", call_id)
+            wait = min(remaining, longest)
+            try:
+                reply = self.request(protocol.Stream(call_id=call_id, start=position, wait_ms=int(wait * 1000)),
+                                     wait=wait, resend=True)
+            except (CallTimeout, NoDaemon) as exc:     # the daemon may be restarting
+                log.info("waiting for daemon: %s", exc)
+                time.sleep(_RETRY_PAUSE)
+                continue
+            except ServerError as exc:
+                if exc.code != protocol.E_UNAVAILABLE:
+                    raise
+                time.sleep(_RETRY_PAUSE)
+                continue
+            if not isinstance(reply, protocol.Items):
+                raise EcctlError(f"unexpected reply to STREAM: {type(reply).__name__}")
+            for offset, value in enumerate(reply.items):
+                if reply.start + offset >= position:   # items already read are not read twice
+                    position = reply.start + offset + 1
+                    yield protocol.unpack(value)
+            if reply.done:
+                if reply.error is not None:
+                    error = reply.error
+                    raise RemoteError(str(error.get("type", "Error")), str(error.get("message", "")),
+                                      str(error.get("traceback", "")), call_id)
+                return
+
+    def listen(self, name: str = "", channel: str = "task", *, ttl: float = 30.0,
+               timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Events of processor, socket or queue ``name`` ("" = all) on ``channel`` (``task``:
+        lifecycle events, ``log``: worker output lines, ``result``: outcomes), from every node of
+        the mesh, as they happen, for ``timeout`` seconds (None: until the caller stops).
+
+        Uses a connection of its own (other requests of this client are not held up). The
+        subscription is renewed every ``ttl / 3`` seconds; when a node stops answering, the next
+        endpoint is tried. Listening is best-effort: events a slow listener could not take are
+        counted by the daemon and logged here."""
+        if channel not in protocol.CHANNELS:
+            raise ValueError(f"channel must be one of {', '.join(protocol.CHANNELS)}, not {channel!r}")
+        ttl_ms = min(max(int(ttl * 1000), protocol.MIN_LISTEN_TTL_MS), protocol.MAX_LISTEN_TTL_MS)
+        renew_every = ttl_ms / 3000
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rid = os.urandom(8)
+        ctx = zmq.Context.instance()
+        index = self._index
+        sock = self._connect(ctx, self._endpoints[index])
+        renew_at = 0.0
+        heard = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return
+                if now - heard > renew_every + self.attempt_timeout + 1.0:  # the node is gone
+                    sock.close(linger=0)
+                    index = (index + 1) % len(self._endpoints)
+                    log.info("listening: no answer; trying %s", self._endpoints[index])
+                    sock = self._connect(ctx, self._endpoints[index])
+                    heard, renew_at = now, 0.0
+                if now >= renew_at:
+                    sock.send_multipart(protocol.encode(protocol.Listen(name=name, channel=channel, ttl_ms=ttl_ms,
+                                                                        request_id=rid)), copy=False)
+                    renew_at = now + renew_every
+                until = renew_at if deadline is None else min(renew_at, deadline)
+                if not sock.poll(max(1, int((until - now) * 1000)), zmq.POLLIN):
+                    continue
+                try:
+                    reply = protocol.decode(sock.recv_multipart())
+                except protocol.ProtocolError as exc:
+                    log.warning("dropping undecodable reply: %s", exc)
+                    continue
+                if reply.request_id != rid:
+                    continue
+                heard = time.monotonic()
+                if isinstance(reply, protocol.Error):
+                    raise ServerError(reply.code, reply.reason, reply.detail)
+                if isinstance(reply, protocol.Events):
+                    if reply.dropped:
+                        log.warning("listening: the daemon dropped %d event(s) (this listener was too slow)",
+                                    reply.dropped)
+                    yield from reply.events
+        finally:
+            sock.close(linger=0)
 
     def map(self, socket: str, arglists: Iterable[Sequence[Any] | Any], *, window: int = 1024,
             batch: int = 128, timeout: float | None = None) -> list[Any]:
@@ -653,11 +771,19 @@ class Client:
             args["socket"] = socket
         return self.admin("ls_calls", **args)
 
-    def ls_call(self, id: str, result: bool = False) -> dict[str, Any]:
-        """One call's record with its events (and decoded ``result`` when asked)."""
+    def ls_call(self, id: str, result: bool = False, *, tree: bool = False, graph: bool = False,
+                flow: bool = False) -> dict[str, Any]:
+        """One call's record with its events (and decoded ``result`` when asked).
+
+        With ``tree`` (the calls it led to), ``graph`` (its whole run) or ``flow`` (every call of
+        its run): ``{"id", "view", "root", "calls": [summary...], "edges": [[parent, child]...],
+        "missing": [...]}`` instead (see :mod:`ecctl.calltree`)."""
         args: dict[str, Any] = {"id": id}
         if result:
             args["result"] = True
+        for name, wanted in (("tree", tree), ("graph", graph), ("flow", flow)):
+            if wanted:
+                args[name] = True
         return self.admin("ls_call", **args)
 
 
@@ -674,6 +800,11 @@ def _outcome(reply: Any) -> Any:
     if reply.ok:
         return protocol.unpack(reply.value)
     error = reply.error or {}
+    step_call = error.get("call_id")
+    if isinstance(step_call, str) and step_call and step_call != reply.call_id:  # a workflow's step
+        raise RemoteError(str(error.get("type", "Error")), str(error.get("message", "")),
+                          str(error.get("traceback", "")), step_call, step=str(error.get("step", "")),
+                          workflow_id=reply.call_id)
     raise RemoteError(str(error.get("type", "Error")), str(error.get("message", "")),
                       str(error.get("traceback", "")), reply.call_id)
 
@@ -787,6 +918,13 @@ class Function:
     def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Submit a call; returns once the call is durably accepted."""
         return self.client.submit(self.name, args, kwargs)
+
+    def stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
+        """Call this function and iterate over what it yields, item by item as they come (a
+        generator function streams; see :meth:`Client.stream`). The call is durable before the
+        first item is asked for."""
+        handle = self.client.submit(self.name, args, kwargs, stream=True)
+        return self.client.stream(handle.id, timeout=timeout)
 
     def map(self, arglists: Iterable[Sequence[Any] | Any], *, window: int = 1024, batch: int = 128,
             timeout: float | None = None) -> list[Any]:

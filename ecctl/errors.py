@@ -29,14 +29,20 @@ class NoDaemon(EcctlError):
 
 
 class RemoteError(EcctlError):
-    """The user's code raised while running a call; ``str()`` is ``"<Type>: <message>"``."""
+    """The user's code raised while running a call; ``str()`` is ``"<Type>: <message>"``.
 
-    def __init__(self, type: str, message: str, traceback: str = "", call_id: str = "") -> None:
+    For a workflow, ``call_id`` is the failed step's call, ``step`` its position in the graph
+    (``"0.2.1"``) and ``workflow_id`` the workflow's id."""
+
+    def __init__(self, type: str, message: str, traceback: str = "", call_id: str = "", *,
+                 step: str = "", workflow_id: str = "") -> None:
         super().__init__(f"{type}: {message}")
         self.type = type
         self.message = message
         self.traceback = traceback
         self.call_id = call_id
+        self.step = step
+        self.workflow_id = workflow_id
 
 
 class ServerError(EcctlError):

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from . import output
+from . import calltree, output
 from .client import KINDS, PROC_ACTIONS
 from .context import json_option, json_param, show, state_of
 
@@ -130,8 +130,10 @@ FIELDS: dict[str, tuple[Opt, ...]] = {
         Opt(("-t", "--task"), "function", "Function in the processor module.", required=True),
         Opt(("--interval",), "interval", "Call it every S seconds.", _POSITIVE_SECONDS,
             nullable=True, metavar="S"),
-        Opt(("--cron",), "cron", "Call it on a cron schedule.", nullable=True,
-            metavar="'MIN HOUR DOM MON DOW'"),
+        Opt(("--cron",), "cron", "Call it on a cron schedule (5 fields, or 6 with seconds last).",
+            nullable=True, metavar="'MIN HOUR DOM MON DOW'"),
+        Opt(("--catch-up",), "catch_up", "Ticks missed while no node ran it: fire once for all of "
+            "them, or once for each.", click.Choice(["once", "all"]), metavar="once|all"),
         _DESCRIPTION,
     ),
     "plug": (
@@ -423,11 +425,21 @@ def _int(value: Any, default: int) -> int:
 @ls_group.command("call")
 @click.option("--id", "call_id", required=True, help="ID of the call.")
 @click.option("-r", "--result", "with_result", is_flag=True, help="Include the result.")
+@click.option("-t", "--tree", is_flag=True, help="Show the forward call tree: the calls it led to.")
+@click.option("-g", "--graph", is_flag=True, help="Show the complete call graph of its run.")
+@click.option("-f", "--flow", is_flag=True, help="Show every call of its run (workflow).")
 @json_option
 @click.pass_context
-def ls_call_cmd(ctx: click.Context, call_id: str, with_result: bool, json_flag: bool) -> None:
-    """Details of one call: summary, events, optionally the result."""
+def ls_call_cmd(ctx: click.Context, call_id: str, with_result: bool, tree: bool, graph: bool, flow: bool,
+                json_flag: bool) -> None:
+    """Details of one call: summary, provenance, events, optionally the result."""
     state = state_of(ctx, json_flag)
+    if sum((tree, graph, flow)) > 1:
+        raise click.UsageError("give one of --tree, --graph and --flow")
+    if tree or graph or flow:
+        answer = state.client.ls_call(call_id, result=with_result, tree=tree, graph=graph, flow=flow)
+        click.echo(output.to_json(answer) if state.json else calltree.render(answer, with_result))
+        return
     c = state.client.ls_call(call_id, result=with_result)
     if state.json:
         click.echo(output.to_json(c))
@@ -443,6 +455,10 @@ def ls_call_cmd(ctx: click.Context, call_id: str, with_result: bool, json_flag: 
           output.fmt_time(c.get("finished"))]]))
     if c.get("error"):
         click.echo(f"Error: {output.fmt_error(c.get('error'))}")
+    click.echo("Provenance")
+    click.echo(output.table(["Kind", "Via", "Parent", "Root", "Children"],
+                            [[c.get("kind") or "call", c.get("via"), c.get("parent"), c.get("root"),
+                              len(c.get("children") or ())]]))
     click.echo("Events")
     events = [[e.get("name"), output.fmt_time(e.get("time")), e.get("note")]
               for e in c.get("events") or []]

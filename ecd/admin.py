@@ -16,6 +16,7 @@ import protocol
 
 from . import calls as C
 from .errors import EcdError, InvalidName, NotFound, StillReferenced, StoreUnavailable
+from .provenance import MAX_CALLS, VIEWS, merge_history
 
 if TYPE_CHECKING:
     from .node import Node
@@ -248,7 +249,13 @@ class AdminHandler:
         call_id = args.get("id")
         if not isinstance(call_id, str) or not call_id:
             raise InvalidName("a call id is required (--id ID)")
+        views = [view for view in VIEWS if args.get(view)]
+        if len(views) > 1:
+            raise InvalidName("give one of tree, graph and flow")
         record = self.node.active.get(call_id) or self.node.wal.get(call_id)
+        if views:
+            self._provenance(peer, request_id, call_id, record, views[0], bool(args.get("result")))
+            return
         if record is not None:
             view = C.public_view(record)
             if args.get("result") and record.get("state") == C.DONE and record.get("result") is not None:
@@ -268,6 +275,43 @@ class AdminHandler:
             self._reply(peer, request_id, C.public_view(found))  # swept from the log: no result here
 
         history.then(lambda: history.history.get(call_id), done)
+
+
+    def _provenance(self, peer: "Peer", request_id: bytes, call_id: str, record: dict[str, Any] | None,
+                    view: str, with_result: bool) -> None:
+        """``ls call --tree|--graph|--flow``: from this node's records, completed from the call
+        history when some of the run's calls are not held here."""
+        history = self.node.history
+        answer = None
+        if record is not None:
+            answer = self.node.provenance.collect(record, view, with_result)
+            if not answer["missing"] or history is None:
+                self._reply(peer, request_id, answer)
+                return
+        elif history is None:
+            raise NotFound(f"unknown call id '{call_id}'")
+
+        def work() -> tuple[Any, list[dict[str, Any]]]:
+            start = record or history.history.get(call_id)
+            if start is None:
+                return None, []
+            return start, history.history.run(start.get("root") or start["id"], MAX_CALLS)
+
+        def done(found: Any, error: BaseException | None) -> None:
+            if error is None and found[0] is None:
+                error = NotFound(f"unknown call id '{call_id}'")
+            if error is not None:
+                if answer is not None and isinstance(error, StoreUnavailable):
+                    self._reply(peer, request_id, answer)  # what this node holds is the best there is
+                else:
+                    self._fail(peer, request_id, error)
+                return
+            start, rows = found
+            base = answer or {"id": call_id, "view": view, "root": start.get("root") or call_id, "calls": [],
+                              "edges": [], "missing": [], "truncated": False}
+            self._reply(peer, request_id, merge_history(base, rows, with_result))
+
+        history.then(work, done)
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:

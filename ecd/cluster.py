@@ -117,7 +117,8 @@ def _valid_record(rec: Any) -> bool:
         return False
     ids = (rec.get("id"), rec.get("owner"))
     return (all(isinstance(v, str) for v in ids) and protocol.CALL_ID_RE.fullmatch(rec["id"]) is not None
-            and isinstance(rec.get("state"), str) and rec["state"] in (C.QUEUED, C.RUNNING, C.RETRYING, C.DONE, C.FAILED)
+            and isinstance(rec.get("state"), str) and rec["state"] in C.STATES
+            and rec.get("kind", C.CALL) in C.KINDS
             and all(isinstance(rec.get(k), str) for k in ("socket", "processor", "function", "node"))
             and all(isinstance(rec.get(k), bytes) for k in ("args", "kwargs"))
             and isinstance(rec.get("result"), (bytes, type(None))) and isinstance(rec.get("error"), (dict, type(None)))
@@ -127,6 +128,18 @@ def _valid_record(rec: Any) -> bool:
                                                       "timelimit"))
             and isinstance(rec.get("events"), list) and all(isinstance(e, list) for e in rec["events"])
             and isinstance(rec.get("replicas", []), list) and all(isinstance(n, str) for n in rec.get("replicas", [])))
+
+
+def _run_key(record: dict[str, Any]) -> str:
+    """What a record's replicas are picked by: its run's root call (the record itself for a
+    call a client sent)."""
+    root = record.get("root")
+    return root if isinstance(root, str) and root else record["id"]
+
+
+def _rendezvous(key: str, nodes: list[str]) -> str:
+    """The node of ``nodes`` that ``key`` hashes to (the same on every node, for any order)."""
+    return max(nodes, key=lambda node_id: hashlib.blake2b(f"{key}/{node_id}".encode(), digest_size=8).digest())
 
 
 def record_size(rec: dict[str, Any]) -> int:
@@ -259,10 +272,11 @@ class Cluster:
         return [m for m in self.mesh.reachable() if not m.draining and m.node_id not in exclude]
 
     def pick_replicas(self, call_id: str, exclude: tuple[str, ...] = ()) -> list[str]:
-        """R-1 reachable, non-draining peers for ``call_id``, by rendezvous hashing over the nodes
-        (this one included): copies spread evenly, and two nodes that both accept one call id
-        (a client re-sending it elsewhere) send their copies to a node that holds the other's,
-        which tells them apart (REPLICATED ``duplicates``)."""
+        """R-1 reachable, non-draining peers for ``call_id`` (the id of a run's root call: every
+        record of a run goes to the same nodes), by rendezvous hashing over the nodes (this one
+        included): copies spread evenly, and two nodes that both accept one call id (a client
+        re-sending it elsewhere) send their copies to a node that holds the other's, which tells
+        them apart (REPLICATED ``duplicates``)."""
         if not self.enabled:
             return []
         want = self.wanted_replicas() - 1
@@ -315,7 +329,7 @@ class Cluster:
             for rec, gate in entries:
                 kept = [n for n in rec.get("replicas") or () if n not in unreachable]
                 missing = len(rec.get("replicas") or ()) - len(kept)
-                spare = [n for n in self.pick_replicas(rec["id"], exclude=(*unreachable, *kept)) if n not in kept]
+                spare = [n for n in self.pick_replicas(_run_key(rec), exclude=(*unreachable, *kept)) if n not in kept]
                 spare = [n for n in spare[:missing] if self.mesh.send(n, protocol.REPLICATE, {"records": [rec]})]
                 held = self.gates.get((gate, rec["id"])) if gate else None
                 if spare:
@@ -449,8 +463,7 @@ class Cluster:
             self.leased_out.pop(call_id, None)
             if incoming["owner"] == self.me and record["state"] not in C.TERMINAL:
                 # this node's own call, as a peer kept it fresher (after a restart): go on with it
-                self.node.active[call_id] = record
-                self.node.scheduler.push(record["socket"], call_id)
+                self.node.own(record)
             else:
                 # another node owns it now, or it ended (a takeover, a partition, a restart): stop
                 # owning it, and pass the winning copy to the nodes that held this node's copies
@@ -582,6 +595,8 @@ class Cluster:
         if (processor is not None and not processor.paused and not self.draining and not self.holding()
                 and self.mesh.is_reachable(sender.node_id)):
             names = self.node.sockets_of.get(name, [])
+            if self.node.plug_limits:  # calls whose plugs feed a full queue wait (back-pressure)
+                names = [n for n in names if not self.node.plugs_blocked(n)]
             now = time.time()
             not_ours: list[tuple[str, str]] = []
             size = 0
@@ -597,6 +612,8 @@ class Cluster:
                     continue
                 C.mark_leased(record, sender.name or sender.node_id, now)
                 self.leased_out[record["id"]] = (sender.node_id, time.monotonic(), record["attempts"])
+                if record.get("streamed"):
+                    self.node.streams.started(record, runner=sender.node_id)
                 records.append(record)
                 size += record_size(record)
             for taken in reversed(not_ours):
@@ -690,6 +707,32 @@ class Cluster:
         C.mark_requeued(record, note, refund=True)
         self.node.scheduler.push_front(record["socket"], call_id)
 
+    # -- streams of leased calls ------------------------------------------------------------------
+
+    def _on_streamed(self, sender: Member, body: dict[str, Any]) -> None:
+        """Items of a streaming call leased to ``sender`` (this node owns it)."""
+        call_id, attempt, start, items = body.get("call_id"), body.get("attempt"), body.get("start"), body.get("items")
+        if not isinstance(call_id, str) or not _is_int(start) or not isinstance(items, list):
+            return
+        record = self.node.active.get(call_id)
+        lease = self.leased_out.get(call_id)
+        if record is None or lease is None or lease[0] != sender.node_id or lease[2] != attempt:
+            return  # not (or no longer) its lease
+        for offset, value in enumerate(items):
+            if not isinstance(value, bytes):
+                return
+            why = self.node.streams.item(record, start + offset, value, runner=sender.node_id)
+            if why:
+                logger.warning("call %s streamed from %s: %s", call_id, sender.name, why)
+                return
+
+    def _on_stream_credit(self, sender: Member, body: dict[str, Any]) -> None:
+        """The owner of a streaming call run here lets it go further."""
+        found = self.node.streams.on_credit(sender.node_id, body)
+        if found is not None:
+            record, upto = found
+            self.node.grant(record, "", int(record.get("lease_attempt") or 0), upto)
+
     # -- membership events ----------------------------------------------------------------------
 
     def on_member(self, member: Member, old: str, new: str) -> None:
@@ -736,10 +779,10 @@ class Cluster:
             if record is None or record["state"] in C.TERMINAL:
                 continue
             old_owner = record["owner"]
-            C.mark_requeued(record, f"Taken over by node {self.node.config.name}",
-                            refund=record["state"] == C.RUNNING)  # an interrupted attempt does not count
+            C.mark_moved(record, f"Taken over by node {self.node.config.name}",
+                         refund=record["state"] == C.RUNNING)  # an interrupted attempt does not count
             record.update(owner=self.me, node=self.node.config.name, term=int(record.get("term") or 0) + 1,
-                          version=1, replicas=self.pick_replicas(call_id, exclude=(old_owner,)))
+                          version=1, replicas=self.pick_replicas(_run_key(record), exclude=(old_owner,)))
             running_here = call_id in self.node.running  # leased here by the lost owner: it goes on
             self.leased_in.pop(call_id, None)
             self.node.active[call_id] = record
@@ -747,7 +790,7 @@ class Cluster:
                 C.mark_running(record, 0)
             else:
                 self.node.scheduler.discard(record["socket"], call_id)
-                self.node.scheduler.push(record["socket"], call_id)
+                self.node.own(record)
             taken.setdefault(old_owner, []).append(call_id)
             records.append(record)
         if not records:
@@ -760,6 +803,8 @@ class Cluster:
             if pending is not None and not pending[1].get("requeue"):
                 body = pending[1]
                 self.node.scheduler.discard(record["socket"], record["id"])
+                if record["state"] != C.RUNNING:  # the run happened here, for the lost owner: say so
+                    C.mark_running(record, 0)
                 self.node.end_remote_attempt(record["id"], None if body["error"] else body["value"], body["error"])
         for old_owner, ids in taken.items():
             logger.warning("took over %d call(s) of lost node %s", len(ids), old_owner)
@@ -798,7 +843,7 @@ class Cluster:
                 copy = {**mine, "owner": new_owner, "term": int(mine.get("term") or 0) + 1, "version": 0,
                         "events": list(mine["events"])}
                 if copy["state"] == C.RUNNING:
-                    C.mark_requeued(copy, "Taken over by another node", refund=True)
+                    C.mark_moved(copy, "Taken over by another node", refund=True)
                 self.replicas[call_id] = _Replica(new_owner, copy["term"], 0, copy["seq"], [])
                 self.node.wal.submit(None, [copy])
 
@@ -997,7 +1042,7 @@ class Cluster:
             for call_id in self.handoffs:  # offered but not taken: back in the queue here
                 record = self.node.active.get(call_id)
                 if record is not None and not record.get("leased_from"):
-                    self.node.scheduler.push(record["socket"], call_id)
+                    self.node.own(record)
             self.handoffs.clear()
             logger.info("undrained: this node takes work again")
         self.mesh.heartbeat_now()
@@ -1018,16 +1063,20 @@ class Cluster:
         if not targets:
             return
         by_target: dict[str, list[dict[str, Any]]] = {}
+        # a run moves whole, once nothing of it runs here: its records stay on one owner (a
+        # call that ends here makes its plug calls and next steps here, handed over after it)
+        busy = {_run_key(r) for cid, r in self.node.active.items()
+                if cid in self.node.running or cid in self.leased_out or cid in self.node.finalizing
+                or (r["state"] == C.RUNNING and C.kind_of(r) != C.FLOW)}
+        busy.update(_run_key(r) for r in self.node.finalizing.values())
         for call_id, record in list(self.node.active.items()):
-            if record.get("leased_from") or call_id in self.node.running or call_id in self.leased_out:
-                continue
-            if call_id in self.node.finalizing or record["state"] == C.RUNNING:
+            if record.get("leased_from") or _run_key(record) in busy:
                 continue
             offered = self.handoffs.get(call_id)
             if offered is not None and offered[1] > now:
                 continue
             target = offered[0] if offered is not None and self.mesh.is_reachable(offered[0]) else \
-                targets[len(self.handoffs) % len(targets)].node_id
+                _rendezvous(_run_key(record), [m.node_id for m in targets])
             self.node.scheduler.discard(record["socket"], call_id)
             self.handoffs[call_id] = (target, now + HANDOFF_RETRY)
             by_target.setdefault(target, []).append(record)
@@ -1071,11 +1120,10 @@ class Cluster:
             seq = current["seq"] if current is not None else self.node.wal.next_seq()
             record = {**rec, "seq": seq, "owner": self.me, "node": self.node.config.name,
                       "term": int(rec.get("term") or 0) + 1, "version": 1, "events": list(rec["events"]),
-                      "replicas": self.pick_replicas(call_id, exclude=(sender.node_id,))}
-            C.mark_requeued(record, f"Handed over by draining node {sender.name}")
+                      "replicas": self.pick_replicas(_run_key(rec), exclude=(sender.node_id,))}
+            C.mark_moved(record, f"Handed over by draining node {sender.name}")
             self.replicas.pop(call_id, None)
-            self.node.active[call_id] = record
-            self.node.scheduler.push(record["socket"], call_id)
+            self.node.own(record)
             records.append(record)
         if answered:
             self.mesh.send(sender.node_id, protocol.HANDED, {"calls": answered})
@@ -1101,7 +1149,7 @@ class Cluster:
             self.node.active.pop(call_id)
             record = {**record, "owner": sender.node_id, "term": int(record.get("term") or 0) + 1, "version": 0,
                       "events": list(record["events"])}
-            C.mark_requeued(record, f"Handed over to node {sender.name}")
+            C.mark_moved(record, f"Handed over to node {sender.name}")
             self.replicas[call_id] = _Replica(sender.node_id, record["term"], 0, record["seq"], [])
             writes.append(record)
         if writes:
@@ -1210,7 +1258,7 @@ class Cluster:
             if record.get("leased_from") or not replicas or not lost.intersection(replicas):
                 continue
             keep = [n for n in replicas if n not in lost]
-            extra = self.pick_replicas(record["id"], exclude=(*keep, *lost))[: max(0, self.wanted_replicas() - 1 - len(keep))]
+            extra = self.pick_replicas(_run_key(record), exclude=(*keep, *lost))[: max(0, self.wanted_replicas() - 1 - len(keep))]
             if not extra and keep == replicas:
                 continue
             record["replicas"] = keep + extra
@@ -1259,6 +1307,9 @@ Cluster._HANDLERS = {
     protocol.TAKEOVER: Cluster._on_takeover, protocol.SYNC: Cluster._on_sync, protocol.SYNCED: Cluster._on_synced,
     protocol.FIND: Cluster._on_find, protocol.FOUND: Cluster._on_found,
     protocol.DRAIN: Cluster._on_drain, protocol.HANDOFF: Cluster._on_handoff, protocol.HANDED: Cluster._on_handed,
+    protocol.STREAMED: Cluster._on_streamed, protocol.STREAM_CREDIT: Cluster._on_stream_credit,
+    protocol.SUBSCRIBE: lambda self, sender, body: self.node.bus.on_subscribe(sender.node_id, body),
+    protocol.EVENT: lambda self, sender, body: self.node.bus.on_event(sender.node_id, body),
 }
 
 

@@ -14,7 +14,10 @@ Every error the daemon raises on purpose derives from :class:`EcdError`::
     ├── WalError               the write-ahead log failed
     │   ├── CommitFailed       a batch could not be made durable (never acknowledged)
     │   └── CorruptRecord      a record failed its checksum
-    └── WorkerError            a worker process could not be started or talked to
+    ├── WorkerError            a worker process could not be started or talked to
+    ├── PeerUnreachable        a mesh member named in a request cannot be reached
+    ├── NodeUnavailable        the node takes no new work now (stopping, draining)
+    └── QueueFull              a queue is at its max_length (back-pressure)
 
 Each carries a short, user-facing message; ``code`` maps it onto a protocol error code.
 """
@@ -108,3 +111,15 @@ class PeerUnreachable(EcdError):
     """A request names a mesh member this node cannot reach right now."""
 
     code = 503
+
+
+class NodeUnavailable(EcdError):
+    """The node takes no new work now (it is stopping, or refuses for want of replicas)."""
+
+    code = 503
+
+
+class QueueFull(EcdError):
+    """A queue holds ``max_length`` calls already: new calls are refused until it drains."""
+
+    code = 429

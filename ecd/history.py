@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: Columns of a call summary, in table order.
 FIELDS = ("id", "seq", "owner", "node", "socket", "processor", "function", "state", "attempts",
-          "created", "started", "finished", "worker", "error", "parent", "root")
+          "created", "started", "finished", "worker", "error", "parent", "root", "kind", "via")
 #: States after which a call does not change any more.
 FINISHED_STATES = ("done", "failed")
 
@@ -200,6 +200,15 @@ class HistoryStore:
             calls = [_summary(r._mapping) for r in conn.execute(query)]
         return {"total": total, "page": page, "pages": max(1, math.ceil(total / rows)), "rows": rows,
                 "calls": calls}
+
+    def run(self, root: str, limit: int = 5000) -> list[dict[str, Any]]:
+        """The summaries of every call of the run whose root call is ``root`` (the root too),
+        oldest first, at most ``limit``."""
+        query = (sa.select(*(_CALL.c[name] for name in FIELDS))
+                 .where(sa.or_(_CALL.c.root == root, _CALL.c.id == root))
+                 .order_by(_CALL.c.created, _CALL.c.id).limit(limit))
+        with self._begin(snapshot=True) as conn:
+            return [_summary(r._mapping) for r in conn.execute(query)]
 
     def get(self, call_id: str) -> dict[str, Any] | None:
         """The call's summary with its ``events`` (``[[name, time, note], ...]``), or None."""

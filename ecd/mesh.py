@@ -110,6 +110,9 @@ def _info(body: dict[str, Any]) -> dict[str, Any]:
     leased = body.get("leased")
     info["leased"] = {k: [c for c in v if isinstance(c, str)] for k, v in leased.items()
                       if isinstance(k, str) and isinstance(v, list)} if isinstance(leased, dict) else {}
+    ticks = body.get("ticks")
+    info["ticks"] = {k: float(v) for k, v in ticks.items() if isinstance(k, str) and _number(v) is not None
+                     and 0 <= v < 1e11} if isinstance(ticks, dict) else {}
     return info
 
 

@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from croniter import croniter
+
 from ecd.errors import InvalidName
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
     "QUEUE_TYPES",
     "REFS",
     "SECTIONS",
-    "check_commit_tag",
+    "check_exclusive",
     "check_fields",
     "check_int",
     "check_kind",
@@ -52,6 +54,9 @@ __all__ = [
 KINDS = ("queue", "node", "processor", "socket", "plug", "deployment", "flow")
 #: Allowed queue types.
 QUEUE_TYPES = ("direct", "topic", "fanout")
+#: What a scheduled socket does about the ticks it missed while no node ran it: fire ``once``
+#: for all of them, or once for ``all`` of them.
+CATCH_UP = ("once", "all")
 #: Allowed plug types: what of the source call feeds the target.
 PLUG_TYPES = ("RESULT", "ERROR")
 #: Upper bounds of numeric fields.
@@ -170,12 +175,16 @@ def _check_pattern(value: Any, what: str, pattern: re.Pattern[str], expected: st
 
 
 def _check_cron(value: Any) -> str | None:
+    """A cron expression croniter can read: 5 fields (minute hour day month weekday), or 6 with
+    seconds last (``*/5 * * * * */10``: every 10 seconds of every 5th minute)."""
     if value is None:
         return None
-    fields = value.split(" ") if isinstance(value, str) and len(value) <= 100 else []
-    if not 5 <= len(fields) <= 6 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
-        raise InvalidName(f"invalid cron {value!r}: expected 5 or 6 space-separated cron fields")
-    return value
+    fields = value.split() if isinstance(value, str) and len(value) <= 100 else []
+    if not 5 <= len(fields) <= 6 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields) \
+            or not croniter.is_valid(" ".join(fields)):
+        raise InvalidName(f"invalid cron {value!r}: expected 5 cron fields (minute hour day month weekday), "
+                          "or 6 with seconds last")
+    return " ".join(fields)
 
 
 def _check_names(value: Any, what: str) -> list[str]:
@@ -241,6 +250,7 @@ FIELDS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "interval": (lambda v: _check_float(v, "interval", 0.0, positive=True, optional=True), None),
         "cron": (_check_cron, None),
         "description": (_description, None),
+        "catch_up": (lambda v: _check_choice(v, "catch_up", CATCH_UP), "once"),
     },
     "plug": {
         "source": (_ref("socket"), _REQUIRED),
@@ -287,10 +297,12 @@ def check_fields(kind: str, fields: dict[str, Any], *, add: bool) -> dict[str, A
     return {key: rules[key][0](value) for key, value in fields.items()}
 
 
-def check_commit_tag(kind: str, name: str, values: dict[str, Any]) -> None:
-    """A processor names a commit or a tag, not both."""
+def check_exclusive(kind: str, name: str, values: dict[str, Any]) -> None:
+    """A processor names a commit or a tag, not both; a socket an interval or a cron, not both."""
     if kind == "processor" and values.get("commit") is not None and values.get("tag") is not None:
         raise InvalidName(f"processor {name!r}: commit and tag are mutually exclusive (give one, or neither)")
+    if kind == "socket" and values.get("interval") is not None and values.get("cron") is not None:
+        raise InvalidName(f"socket {name!r}: interval and cron are mutually exclusive (give one, or neither)")
 
 
 # --------------------------------------------------------------------------- specs

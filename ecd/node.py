@@ -33,7 +33,11 @@ from .admin import AdminHandler
 from .background import Background
 from .cluster import Cluster, RemoteWaiter, read_incarnation
 from .config import Config
-from .errors import ConfigError, EcdError, NotFound, PeerUnreachable, RepoError, WorkerError
+from .dataflow import Dataflow
+from .events import Bus
+from .provenance import Provenance
+from .ticks import Ticker
+from .errors import ConfigError, EcdError, NodeUnavailable, NotFound, PeerUnreachable, RepoError, WorkerError
 from .exporter import HistoryExporter
 from .history import HistoryStore
 from .mesh import Mesh
@@ -45,7 +49,8 @@ from .server import Frontend, Peer
 from .sync import TopologySync
 from .topology import TopologyStore
 from .wal import Wal
-from .workers import Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready, make_support_dir
+from .streams import Streams
+from .workers import Done, Exited, ImportFailed, Item, ProcessRegistry, Raised, Ready, StreamEnd, make_support_dir
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +120,19 @@ class Node:
         self.fd_owner: dict[int, tuple[str, ProcessorRuntime, WorkerSlot]] = {}
         self.scheduler = Scheduler(config.cpus)
         self.sockets_of: dict[str, list[str]] = {}
+        # back-pressure (queues with a max_length), derived once per topology
+        self.queue_limits: dict[str, int] = {}            # queue -> max_length
+        self.queue_sockets: dict[str, list[str]] = {}     # limited queue -> sockets whose calls wait in it
+        self.plug_limits: dict[str, list[str]] = {}       # socket -> limited queues its plugs feed
         self._timer_seq = 0
         self._next_register = 0.0
         self._registering = False
         self.history: HistoryExporter | None = None
         self.unstored: set[str] = set()  # calls whose accept commit failed (ERROR 507 was sent)
         self.finalizing: dict[str, dict[str, Any]] = {}  # terminal records not yet durable
+        # what a final record set off (other finals, derived records), written with it again if
+        # its commit fails
+        self.final_extra: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
         self.final_retries: list[tuple[float, str]] = []  # finals to write again after a failed commit
         self._next_watchdog = 0.0
         self._grace_deadline = 0.0
@@ -160,6 +172,11 @@ class Node:
                          seeds=cfg.join, describe=self._describe,
                          on_change=lambda member, old, new: self.cluster.on_member(member, old, new))
         self.cluster = Cluster(self, self.mesh, cfg.data_dir)
+        self.dataflow = Dataflow(self)
+        self.provenance = Provenance(self)
+        self.ticker = Ticker(self, cfg.data_dir / "ticks.json")
+        self.streams = Streams(self)
+        self.bus = Bus(self)
         self._host_stats: Any = None
         recovered = self._recover()
         self.cluster.start_hold()
@@ -208,6 +225,10 @@ class Node:
             if record.get("owner", self.node_id) != self.node_id:  # a copy kept for another node
                 self.cluster.keep_replica(record)
                 continue
+            if not C.runnable(record):  # a workflow, or a join waiting for arguments
+                self.active[record["id"]] = record
+                count += 1
+                continue
             if record["state"] == C.RUNNING:
                 C.mark_requeued(record, "Requeued after restart (the attempt was interrupted)", now)
             self.active[record["id"]] = record
@@ -249,6 +270,8 @@ class Node:
                 self._handle_ready(item)
             if self.cluster.outbox:
                 self.cluster.flush()
+            if self.bus.subs:
+                self.bus.flush()
 
     def _handle_ready(self, item: Any) -> None:
         if isinstance(item, zmq.Socket):
@@ -276,6 +299,9 @@ class Node:
         elif fd in self.fd_owner:
             kind, runtime, slot = self.fd_owner[fd]
             if kind in ("channel", "exit"):
+                if self.bus.subs:  # lines printed during a call are listed with that call
+                    for output_fd in list(slot.process.output_fds):
+                        slot.process.read_output(output_fd)
                 for event in slot.process.read_events(exited=kind == "exit"):
                     self._handle_worker_event(runtime, slot, event)
             else:
@@ -308,7 +334,9 @@ class Node:
         while self.final_retries and self.final_retries[0][0] <= mono:
             _, call_id = self.final_retries.pop(0)
             if call_id in self.finalizing:
-                self.wal.submit(("final", [call_id]), [self.finalizing[call_id]])
+                finals, extra = self.final_extra.get(call_id, ([], []))
+                finals = [self.finalizing[call_id], *(f for f in finals if f["id"] in self.finalizing)]
+                self.wal.submit(("final", [f["id"] for f in finals]), [*finals, *extra])
         if self.final_retries:
             next_at = min(next_at, self.final_retries[0][0])
         # delayed retries
@@ -345,7 +373,16 @@ class Node:
                 elif runtime.status == RUNNING:  # new code failed earlier; the old code serves
                     self._prepare(runtime, rolling=True)
         next_at = min(next_at, self._mesh_tick(mono))
+        if self.streams.streams or self.streams.reads:
+            self.streams.tick(mono)
+            next_at = min(next_at, mono + 0.1)
+        if self.bus.subs:
+            self.bus.tick(mono)
         if not self.stopping:
+            try:
+                next_at = min(next_at, mono + self.ticker.tick(now) - now)
+            except Exception:  # a bug there must not stop the node
+                logger.exception("scheduled sockets failed")
             next_at = min(next_at, self.sync.tick(mono))
             if mono >= self._next_register and not self._registering:
                 self._register()
@@ -390,6 +427,12 @@ class Node:
                 self._handle_call(peer, message)
             elif isinstance(message, protocol.Calls):
                 self._handle_calls(peer, message)
+            elif isinstance(message, protocol.Flow):
+                self._handle_flow(peer, message)
+            elif isinstance(message, protocol.Stream):
+                self.streams.read(peer, message.request_id, message.call_id, message.start, message.wait_ms)
+            elif isinstance(message, protocol.Listen):
+                self.bus.listen(peer, message)
             elif isinstance(message, protocol.Get):
                 self._handle_get(peer, message)
             elif isinstance(message, protocol.Admin):
@@ -455,6 +498,9 @@ class Node:
         socket = self.topology.sockets.get(socket_name)
         if socket is None:
             return "refused", (protocol.E_NOT_FOUND, f"unknown socket '{socket_name}'")
+        full = self._queue_full(socket_name) if self.queue_limits else ""
+        if full:
+            return "refused", (protocol.E_QUEUE_FULL, full)
         processor = self.topology.processors[socket.processor]
         record = C.new_record(
             call_id=call_id, seq=self.wal.next_seq(), owner=self.node_id, node=self.config.name,
@@ -462,10 +508,11 @@ class Node:
             args=args, kwargs=kwargs, retries=processor.retries,
             retry_delay=processor.retry_delay, timelimit=processor.timelimit,
         )
-        if self.mesh.members:
-            record.update(term=0, version=1, replicas=self.cluster.pick_replicas(call_id))
+        self.place(record)
         self.active[call_id] = record
         self.scheduler.push(socket.name, call_id)
+        if self.bus.subs:
+            self.bus.record(record)
         if self.mesh.members and not self._can_run(socket.name):
             self.cluster.nudge()
         return "new", record
@@ -473,6 +520,8 @@ class Node:
     def _handle_call(self, peer: Peer, msg: protocol.Call) -> None:
         call_id = msg.call_id or str(uuid.uuid4())
         kind, value = self._admit(msg.socket, msg.args, msg.kwargs, call_id)
+        if msg.stream and kind in ("new", "restore", "known"):
+            self.streams.expect(call_id, peer.identity)  # the caller reads its items from the first
         if kind == "refused":
             self._error(peer, msg.request_id, *value)
         elif kind in ("new", "restore"):
@@ -481,13 +530,69 @@ class Node:
             self.wal.submit(("accept", [call_id]), [value], linger=linger)
             if value.get("replicas"):
                 self.cluster.replicate([value], gate="accept", defer=linger)
-        elif call_id in self.ack_waiters:
-            self.ack_waiters[call_id].append((peer, msg.request_id))
         else:
-            inline = self._inline_result(value) if kind == "stored" and value["state"] in C.TERMINAL else None
-            self.frontend.send(peer, protocol.Accepted(
-                call_id=call_id, seq=value["seq"], node=self.config.name, duplicate=True,
-                result=inline, request_id=msg.request_id))
+            self._answer_known(peer, msg.request_id, call_id, kind, value)
+
+    def _answer_known(self, peer: Peer, request_id: bytes, call_id: str, kind: str, value: dict[str, Any]) -> None:
+        """A request for a call (or workflow) id this node knows: ACCEPTED ``duplicate=true``
+        once its accept is durable (with its result when it ended)."""
+        if call_id in self.ack_waiters:
+            self.ack_waiters[call_id].append((peer, request_id))
+            return
+        inline = self._inline_result(value) if kind == "stored" and value["state"] in C.TERMINAL else None
+        self.frontend.send(peer, protocol.Accepted(
+            call_id=call_id, seq=value["seq"], node=self.config.name, duplicate=True,
+            result=inline, request_id=request_id))
+
+    def place(self, record: dict[str, Any], like: dict[str, Any] | None = None) -> None:
+        """Make a new record replicated in a mesh: the copies go where those of ``like`` (the
+        call that made it) went, else to the nodes its run's root id hashes to, so all the
+        records of one run are kept by the same nodes (and taken over together)."""
+        if self.mesh.members:
+            replicas = list(like.get("replicas") or ()) if like is not None else []
+            record.update(term=0, version=1,
+                          replicas=replicas or self.cluster.pick_replicas(record.get("root") or record["id"]))
+
+    def own(self, record: dict[str, Any]) -> None:
+        """A record this node owns now (accepted, made by a plug, taken over, handed over): a
+        call waits for a worker; a workflow or a waiting join only waits for its steps or its
+        arguments."""
+        self.active[record["id"]] = record
+        if self.bus.subs:
+            self.bus.record(record)
+        if C.runnable(record):
+            self.scheduler.push(record["socket"], record["id"])
+            if self.mesh.members and not self._can_run(record["socket"]):
+                self.cluster.nudge()
+
+    def _handle_flow(self, peer: Peer, msg: protocol.Flow) -> None:
+        """FLOW: a workflow's record and its first steps, accepted in one commit."""
+        flow_id = msg.flow_id or str(uuid.uuid4())
+        known = self.active.get(flow_id)
+        if known is not None and flow_id in self.unstored:  # its accept failed to commit
+            self.unstored.discard(flow_id)
+            records = [known, *(self.active[c] for c in known.get("children") or () if c in self.active)]
+        elif known is not None:
+            self._answer_known(peer, msg.request_id, flow_id, "known", known)
+            return
+        else:
+            if self.stopping:
+                raise NodeUnavailable("node is shutting down; workflow not accepted")
+            stored = self.wal.get(flow_id)
+            if stored is not None:
+                self._answer_known(peer, msg.request_id, flow_id, "stored", stored)
+                return
+            refusal = self.cluster.can_accept() if self.mesh.enabled else ""
+            if refusal:
+                raise NodeUnavailable(refusal)
+            records = self.dataflow.start_flow(flow_id, msg.graph, msg.args, msg.kwargs)
+            for record in records:
+                self.own(record)
+        self.ack_waiters[flow_id] = [(peer, msg.request_id)]
+        self.wal.submit(("accept", [flow_id]), records)
+        if records[0].get("replicas"):
+            self.cluster.replicate(records[:1], gate="accept")
+            self.cluster.replicate(records[1:])
 
     def _starts_now(self, socket_name: str) -> bool:
         """Will a call on this socket start on a worker right away? Then its result is likely
@@ -613,9 +718,12 @@ class Node:
         if record["state"] == C.DONE:
             return {"call_id": record["id"], "ok": True, "value": record.get("result") or b"\xc0", "error": None}
         error = record.get("error") or C.error_dict("Error", "failed")
-        return {"call_id": record["id"], "ok": False, "value": b"",
-                "error": {"type": str(error.get("type", "Error")), "message": str(error.get("message", "")),
-                          "traceback": str(error.get("traceback", ""))}}
+        failure = {"type": str(error.get("type", "Error")), "message": str(error.get("message", "")),
+                   "traceback": str(error.get("traceback", ""))}
+        for key in ("call_id", "step", "socket"):  # a workflow's failed step
+            if isinstance(error.get(key), str):
+                failure[key] = error[key]
+        return {"call_id": record["id"], "ok": False, "value": b"", "error": failure}
 
     def _inline_result(self, record: dict[str, Any]) -> dict[str, Any]:
         """ACCEPTED.result of a call whose final outcome is durable."""
@@ -676,7 +784,12 @@ class Node:
         record = self.finalizing.pop(call_id, None)
         if record is None:
             return
+        self.final_extra.pop(call_id, None)
         self.active.pop(call_id, None)
+        if self.bus.subs:
+            self.bus.result(record)
+        if call_id in self.streams.streams or call_id in self.streams.reads:
+            self.streams.ended(call_id)
         if self.history is not None:
             self.history.note(record)
         if record.get("replicas"):
@@ -746,6 +859,8 @@ class Node:
         socket = self.topology.sockets.get(socket_name)
         if socket is None:
             return False
+        if socket_name in self.plug_limits and self.plugs_blocked(socket_name):
+            return False
         runtime = self.runtimes.get(socket.processor)
         return bool(runtime and runtime.status == RUNNING and runtime.idle and not runtime.paused
                     and (not runtime.next_start or runtime.may_start(time.monotonic())))
@@ -785,6 +900,8 @@ class Node:
                 continue  # long calls would hold short ones back; surplus workers must drain
             if self.mesh.members and runtime.observed < PREFETCH_MIN_OBSERVED:
                 continue  # in a mesh, calls of unknown length are left for idle peers to take
+            if self.plug_limits:
+                names = [name for name in names if not self.plugs_blocked(name)]
             self._prefetch_into(runtime, names)
 
     def _prefetch_into(self, runtime: ProcessorRuntime, names: list[str]) -> None:
@@ -829,6 +946,10 @@ class Node:
         mid-attempt requeues the call without counting it; the attempt's end is written."""
         record = self.active[slot.calls[0]]
         C.mark_running(record, slot.process.pid)
+        if record.get("streamed"):
+            self.streams.started(record)
+        if self.bus.subs:
+            self.bus.record(record)
         if runtime.start_interval:
             runtime.started(time.monotonic())
         limit = runtime.definition.timelimit
@@ -909,6 +1030,8 @@ class Node:
             self.active[call_id] = outcome
             self.scheduler.push(outcome["socket"], call_id, due=outcome["not_before"], now=time.time())
             self.wal.submit(None, [outcome])
+            if self.bus.subs:
+                self.bus.record(outcome)
             if self.history is not None:
                 self.history.note(outcome)
             return
@@ -917,14 +1040,31 @@ class Node:
         self._submit_final(call_id, outcome)
 
     def _submit_final(self, call_id: str, outcome: dict[str, Any]) -> None:
-        """Write a call's final record; it is shown once durable here and on its replicas."""
-        replicated = bool(outcome.get("replicas"))
+        """Write a call's final record, with what it sets off (plug calls, join arguments, the
+        next steps of its workflow: :mod:`ecd.dataflow`) in the same commit; it is shown once
+        durable here and on its replicas."""
+        derived = self.dataflow.on_final(outcome)
+        finals = [outcome, *derived.finals]
+        for record in finals:
+            if record.get("replicas"):
+                record["version"] = int(record.get("version") or 0) + 1
+            self.finalizing[record["id"]] = record
+        extra = derived.records
+        if derived.finals or extra:
+            self.final_extra[call_id] = (finals[1:], extra)
+        self.wal.submit(("final", [record["id"] for record in finals]), [*finals, *extra])
+        replicated = [record for record in finals if record.get("replicas")]
         if replicated:
-            outcome["version"] = int(outcome.get("version") or 0) + 1
-        self.finalizing[call_id] = outcome
-        self.wal.submit(("final", [call_id]), [outcome])
-        if replicated:
-            self.cluster.replicate([outcome], gate="final")
+            self.cluster.replicate(replicated, gate="final")
+        if extra:
+            self.cluster.replicate([record for record in extra if record.get("replicas")])
+            for record in extra:
+                if record["id"] not in self.active:
+                    self.own(record)
+                elif record["state"] == C.QUEUED and C.kind_of(record) == C.JOIN:
+                    self.scheduler.push(record["socket"], record["id"])  # its last argument arrived
+                if self.history is not None:
+                    self.history.note(record)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -943,6 +1083,17 @@ class Node:
         elif isinstance(event, Raised):
             if slot.call_id == event.call_id:
                 self._finish_head(runtime, slot, None, C.error_dict(event.type, event.message, event.traceback))
+        elif isinstance(event, Item):
+            if slot.call_id == event.call_id:
+                self._stream_item(runtime, slot, event)
+        elif isinstance(event, StreamEnd):
+            if slot.call_id == event.call_id:
+                record = self.active.get(event.call_id)
+                leased = record is not None and record.get("leased_from")
+                value = self.streams.relay_result(event.call_id) if leased else self.streams.result(event.call_id)
+                if record is not None:
+                    record["streamed"] = True
+                self._finish_head(runtime, slot, value, None)
         elif isinstance(event, ImportFailed):
             reason = f"cannot import {runtime.definition.module}: {event.type}: {event.message}"
             runtime.fail(reason, self.config.prepare_retry)
@@ -971,16 +1122,70 @@ class Node:
             logger.warning("worker %d of %s exited (code %s); respawning", slot.process.pid, runtime.name, returncode)
             runtime.schedule_respawn(time.monotonic())
 
-    def _time_limit_exceeded(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
-        limit = runtime.definition.timelimit
-        logger.warning("call %s exceeded its time limit of %ss: killing worker %d", slot.call_id, limit, slot.process.pid)
+    def _stream_item(self, runtime: ProcessorRuntime, slot: WorkerSlot, event: Item) -> None:
+        record = self.active.get(event.call_id)
+        if record is None:
+            return
+        if record.get("leased_from"):
+            why = self.streams.relay_item(record, event.index, event.value)
+        else:
+            why = self.streams.item(record, event.index, event.value)
+        if why:
+            logger.warning("call %s: %s; stopping its worker", event.call_id, why)
+            self._kill_attempt(runtime, slot, C.error_dict("ResultTooLarge", why))
+
+    def fire_item(self, record: dict[str, Any], index: int, value: bytes) -> None:
+        """Item ``index`` of a streaming call owned here: the plugs of its socket fire for it now."""
+        derived = self.dataflow.on_item(record, index, value)
+        if not derived.records:
+            return
+        self.wal.submit(None, derived.records)
+        self.cluster.replicate([r for r in derived.records if r.get("replicas")])
+        for child in derived.records:
+            if child["id"] not in self.active:
+                self.own(child)
+            elif child["state"] == C.QUEUED and C.kind_of(child) == C.JOIN:
+                self.scheduler.push(child["socket"], child["id"])
+            if self.history is not None:
+                self.history.note(child)
+
+    def grant(self, record: dict[str, Any], runner: str, attempt: int, upto: int) -> None:
+        """Let the producer of a streaming call send items up to ``upto``."""
+        if runner:
+            self.mesh.send(runner, protocol.STREAM_CREDIT, {"call_id": record["id"], "attempt": attempt, "upto": upto})
+            return
+        entry = self.running.get(record["id"])
+        if entry is None:
+            return
+        _runtime, slot = entry
+        if slot.call_id == record["id"]:
+            try:
+                slot.process.send_credit(record["id"], upto)
+            except WorkerError as exc:  # the worker is gone: its exit requeues the call
+                logger.debug("no credit for call %s: %s", record["id"], exc)
+
+    def _kill_attempt(self, runtime: ProcessorRuntime, slot: WorkerSlot, error: dict[str, str]) -> None:
+        """End the running call of ``slot`` with ``error``, killing its worker (and respawning one)."""
         for fd in self._fds_of(slot):
             self._unregister_fd(fd)
         runtime.forget(slot.process.pid)
         slot.process.kill()
-        self._abandon(slot, C.error_dict("TimeLimitExceeded", f"call exceeded the time limit of {limit}s"), "")
+        self._abandon(slot, error, "")
         if runtime.status in (RUNNING, PENDING):
             self._spawn_workers(runtime)
+
+    def _time_limit_exceeded(self, runtime: ProcessorRuntime, slot: WorkerSlot) -> None:
+        limit = runtime.definition.timelimit
+        logger.warning("call %s exceeded its time limit of %ss: killing worker %d", slot.call_id, limit, slot.process.pid)
+        self._kill_attempt(runtime, slot, C.error_dict("TimeLimitExceeded", f"call exceeded the time limit of {limit}s"))
+
+    def _worker_line(self, processor: str, pid: int, stream: str, text: str) -> None:
+        """A line a worker printed: to the listeners of its processor, socket and queue."""
+        if not self.bus.subs:
+            return
+        runtime = self.runtimes.get(processor)
+        slot = runtime.slots.get(pid) if runtime is not None else None
+        self.bus.line(processor, pid, stream, text, slot.call_id if slot is not None else None)
 
     def _fds_of(self, slot: WorkerSlot) -> list[int]:
         return [fd for fd, (_, _, owner) in self.fd_owner.items() if owner is slot]
@@ -996,7 +1201,8 @@ class Node:
         if self.stopping or runtime.code is None or runtime.status in (FAILED, STOPPED):
             return
         try:
-            runtime.spawn_missing(self.support_dir, self.registry)
+            runtime.spawn_missing(self.support_dir, self.registry,
+                                  lambda pid, stream, text, name=runtime.name: self._worker_line(name, pid, stream, text))
         except (OSError, EcdError) as exc:
             runtime.fail(f"cannot start workers: {exc}", self.config.prepare_retry)
             self._stop_workers(runtime, "Requeued: processor failed")
@@ -1038,6 +1244,8 @@ class Node:
         C.mark_requeued(record, note, refund=True)
         self.scheduler.push_front(record["socket"], call_id)
         self.wal.submit(None, [record])
+        if self.bus.subs:
+            self.bus.record(record)
         if self.history is not None:
             self.history.note(record)
 
@@ -1079,6 +1287,7 @@ class Node:
         self.sockets_of = {}  # processor -> its socket names, derived once per topology
         for socket in self.topology.sockets.values():
             self.sockets_of.setdefault(socket.processor, []).append(socket.name)
+        self._derive_limits()
         if self.stopping:
             return
         wanted = self.topology.processors
@@ -1125,6 +1334,50 @@ class Node:
             if old.paused != definition.paused:
                 logger.info("processor %s %s", name, "paused: calls queue until it is resumed" if definition.paused else "resumed")
         self._fail_orphaned_calls()
+
+    def _derive_limits(self) -> None:
+        topology = self.topology
+        self.queue_limits = {q.name: q.max_length for q in topology.queues.values() if q.max_length}
+        self.queue_sockets = {}
+        for socket in topology.sockets.values():
+            if socket.queue in self.queue_limits:
+                self.queue_sockets.setdefault(socket.queue, []).append(socket.name)
+        self.plug_limits = {}
+        for plug in topology.plugs.values():
+            target = topology.sockets.get(plug.target)
+            if target is not None and target.queue in self.queue_limits:
+                limits = self.plug_limits.setdefault(plug.source, [])
+                if target.queue not in limits:
+                    limits.append(target.queue)
+
+    def queue_depth(self, queue: str) -> int:
+        """Calls waiting here in ``queue`` (on its sockets), for queues with a max_length."""
+        return sum(self.scheduler.depth(name) for name in self.queue_sockets.get(queue, ()))
+
+    def _queue_full(self, socket_name: str) -> str:
+        """Why a new call of ``socket_name`` is refused (its queue is full), or ""."""
+        socket = self.topology.sockets.get(socket_name)
+        limit = self.queue_limits.get(socket.queue) if socket is not None else None
+        if limit is None:
+            return ""
+        depth = self.queue_depth(socket.queue)
+        if depth < limit:
+            return ""
+        return f"queue '{socket.queue}' is full ({depth} calls waiting, max_length {limit}); try again later"
+
+    def plugs_blocked(self, socket_name: str) -> bool:
+        """Is a queue that the plugs of ``socket_name`` feed at its max_length? Then calls of the
+        socket do not start (and streams do not advance) until it drains: back-pressure."""
+        queues = self.plug_limits.get(socket_name)
+        return bool(queues) and any(self.queue_depth(q) >= self.queue_limits[q] for q in queues)
+
+    def plug_room(self, socket_name: str) -> int | None:
+        """How many more calls the fullest queue fed by the plugs of ``socket_name`` takes (None:
+        no such queue has a max_length)."""
+        queues = self.plug_limits.get(socket_name)
+        if not queues:
+            return None
+        return max(0, min(self.queue_limits[q] - self.queue_depth(q) for q in queues))
 
     def _fail_orphaned_calls(self) -> None:
         """Calls queued on a socket that no longer exists can never run: fail them, durably and
@@ -1283,6 +1536,10 @@ class Node:
             "state": self.state,
             "mesh": {**self.mesh.status(), "nodes": [m.view() for m in self.mesh.members.values()]},
             "replication": self.cluster.status(),
+            "dataflow": self.dataflow.status(),
+            "ticks": self.ticker.status(),
+            "streams": self.streams.status(),
+            "listen": self.bus.status(),
             "topology": self.sync.status(),
             "history": self.history.status() if self.history is not None else {"enabled": False},
         }
@@ -1298,7 +1555,7 @@ class Node:
         return {"cpus": self.config.cpus, "busy": self.scheduler.busy, "depth": self.scheduler.waiting,
                 **self.host_stats(), "version": __version__, "draining": self.cluster.draining,
                 "drained": self.cluster.drained, "wants": self.cluster.wants(),
-                "leased": self.cluster.leases_held()}
+                "leased": self.cluster.leases_held(), "ticks": self.ticker.advertised()}
 
     def host_stats(self) -> dict[str, float]:
         if self._host_stats is None:

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .repos import CodeSpec, PreparedCode
 from .workers import ProcessRegistry, WorkerProcess
@@ -114,8 +114,10 @@ class ProcessorRuntime:
     def wanted_workers(self) -> int:
         return 0 if self.status in (FAILED, STOPPED) or self.code is None else self.definition.concurrency
 
-    def spawn_missing(self, support_dir: Path, registry: ProcessRegistry) -> list[WorkerSlot]:
-        """Start workers until ``concurrency`` are alive; returns the new ones."""
+    def spawn_missing(self, support_dir: Path, registry: ProcessRegistry,
+                      on_line: Callable[[int, str, str], None] | None = None) -> list[WorkerSlot]:
+        """Start workers until ``concurrency`` are alive; returns the new ones. ``on_line`` gets
+        each line a worker prints (pid, stream, text)."""
         started: list[WorkerSlot] = []
         while self.code is not None and len(self.slots) < self.wanted_workers():
             process = WorkerProcess(
@@ -125,6 +127,7 @@ class ProcessorRuntime:
                 module=self.definition.module,
                 support_dir=support_dir,
                 registry=registry,
+                on_line=on_line,
             )
             process.spawn()
             slot = WorkerSlot(process, generation=self.worker_generation)

@@ -9,8 +9,17 @@ never import ``ecd`` or ``protocol``.
 Channel (socket fd ``N``): frames of a 4-byte big-endian length + a msgpack array.
 
     ecd -> worker   ["call", call_id, function, args_bytes, kwargs_bytes]   ["stop"]
+                    ["credit", call_id, upto]
     worker -> ecd   ["ready", pid]   ["import_failed", type, message, traceback]
                     ["done", call_id, value_bytes]   ["raised", call_id, type, message, traceback]
+                    ["item", call_id, index, value_bytes]   ["stream_end", call_id, count]
+
+A function that returns a generator streams: each yielded item goes out as ``item`` as soon as
+it is made, then ``stream_end`` (ecd composes the call's result, the list of the items). The
+worker sends item ``index`` only while ``index < upto`` of the last ``credit`` for the call
+(its first item goes unasked: :data:`STREAM_WINDOW`): when ecd holds back credit (a slow reader, a full
+downstream queue) the generator is simply not advanced. Calls that arrive meanwhile (ecd may
+queue a few behind the running one) wait their turn.
 
 User output (print, logging) goes to the process's stdout/stderr, which ecd reads as log lines;
 the channel is only written by this script. Exit codes: 0 on ``stop``/EOF, 3 when the module
@@ -35,6 +44,8 @@ from typing import Any
 MAX_FRAME = 256 * 1024 * 1024
 #: Largest packed result sent back (leaves room for the envelope).
 MAX_RESULT = MAX_FRAME - 4096
+#: Items a streaming call may send before ecd's first credit.
+STREAM_WINDOW = 1
 #: prctl option number of PR_SET_PDEATHSIG (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 
@@ -129,7 +140,60 @@ def flush_output() -> None:
             pass
 
 
-def run_call(module: Any, msgpack: Any, msg: list) -> list:
+class Channel:
+    """The worker's side of the channel: frames in and out, and the messages that arrived while
+    a streaming call waited for credit (kept for later, in order)."""
+
+    def __init__(self, sock: socket.socket, msgpack: Any) -> None:
+        self.sock = sock
+        self.msgpack = msgpack
+        self.later: list[list] = []
+        self.stopped = False
+
+    def recv(self) -> list | None:
+        if self.later:
+            return self.later.pop(0)
+        return recv_frame(self.sock, self.msgpack)
+
+    def send(self, msg: list) -> None:
+        send_frame(self.sock, self.msgpack, msg)
+
+    def wait_credit(self, call_id: str, index: int, upto: int) -> int:
+        """Block until ecd lets item ``index`` go; returns the new bound (0: stop streaming)."""
+        while index >= upto:
+            msg = recv_frame(self.sock, self.msgpack)
+            if msg is None or msg[0] == "stop":
+                self.stopped = True
+                return 0
+            if msg[0] == "credit" and len(msg) == 3 and msg[1] == call_id and isinstance(msg[2], int):
+                upto = max(upto, msg[2])
+            elif msg[0] == "call":
+                self.later.append(msg)
+        return upto
+
+
+def stream(channel: Channel, msgpack: Any, call_id: str, function: str, items: Any) -> list:
+    """Send the items of a generator as they come, within ecd's credit; the reply to send last."""
+    upto = STREAM_WINDOW
+    index = 0
+    for item in items:
+        flush_output()
+        try:
+            value = msgpack.packb(item, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as e:
+            return ["raised", call_id, "TypeError",
+                    f"item {index} of {function} is not serialisable: {safe_str(e)}", traceback.format_exc()]
+        if len(value) > MAX_RESULT:
+            return ["raised", call_id, "ValueError", f"item {index} of {function} is too large ({len(value)} bytes)", ""]
+        upto = channel.wait_credit(call_id, index, upto)
+        if not upto:
+            return ["raised", call_id, "Stopped", "the worker was stopped during the stream", ""]
+        channel.send(["item", call_id, index, value])
+        index += 1
+    return ["stream_end", call_id, index]
+
+
+def run_call(module: Any, msgpack: Any, msg: list, channel: Channel | None = None) -> list:
     """Execute one ``call`` message and return the reply message."""
     try:
         _, call_id, function, args_b, kwargs_b = msg
@@ -150,7 +214,10 @@ def run_call(module: Any, msgpack: Any, msg: list) -> list:
             raise TypeError(f"kwargs of {function} must be a map, not {type(kwargs).__name__}")
         result = fn(*args, **kwargs)
         if inspect.isgenerator(result):
-            result = list(result)
+            if channel is None:
+                result = list(result)
+            else:
+                return stream(channel, msgpack, call_id, function, result)
     except BaseException as e:  # noqa: BLE001 - user code may raise anything, even SystemExit
         return ["raised", call_id, type(e).__name__, safe_str(e), traceback.format_exc()]
     try:
@@ -195,25 +262,33 @@ def main(argv: list[str] | None = None) -> int:
                                    traceback.format_exc()])
         return EXIT_IMPORT_FAILED
     flush_output()
-    send_frame(sock, msgpack, ["ready", os.getpid()])
+    channel = Channel(sock, msgpack)
+    channel.send(["ready", os.getpid()])
     while True:
         try:
-            msg = recv_frame(sock, msgpack)
+            msg = channel.recv()
         except ChannelError as e:
             print(f"ecd-runner: {e}", file=sys.stderr, flush=True)
             return EXIT_CHANNEL
         if msg is None or msg[0] == "stop":
             return 0
+        if msg[0] == "credit":
+            continue  # for a stream that has ended
         if msg[0] != "call":
             print(f"ecd-runner: ignoring unknown message {msg[0]!r}", file=sys.stderr, flush=True)
             continue
-        reply = run_call(module, msgpack, msg)
-        flush_output()
         try:
-            send_frame(sock, msgpack, reply)
+            reply = run_call(module, msgpack, msg, channel)
+            flush_output()
+            channel.send(reply)
+        except ChannelError as e:
+            print(f"ecd-runner: {e}", file=sys.stderr, flush=True)
+            return EXIT_CHANNEL
         except (OSError, ValueError) as e:
             print(f"ecd-runner: cannot send reply: {e}", file=sys.stderr, flush=True)
             return EXIT_CHANNEL
+        if channel.stopped:
+            return 0
 
 
 if __name__ == "__main__":

@@ -138,6 +138,8 @@ class SocketModel(_Common, Base):
     cron: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)  # reserved
     # added by 0002_network
     description: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # added by 0003_dataflow
+    catch_up: Mapped[str] = mapped_column(sa.String(10), nullable=False, default="once", server_default="once")
 
 
 class PlugModel(_Common, Base):
@@ -198,5 +200,8 @@ class CallModel(Base):
     worker: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)  # JSON text
     parent: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    root: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    root: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, index=True)
     events: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)  # msgpack [[name, time, note], ...]
+    # added by 0003_dataflow
+    kind: Mapped[str | None] = mapped_column(sa.String(10), nullable=True)
+    via: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)

@@ -53,7 +53,7 @@ from ecd.netspec import (
     PLUG_TYPES,
     QUEUE_TYPES,
     REFS,
-    check_commit_tag,
+    check_exclusive,
     check_fields,
     check_int,
     check_kind,
@@ -169,6 +169,8 @@ class SocketDef:
     interval: float | None
     cron: str | None
     description: str | None
+    catch_up: str = "once"
+    created: float = 0.0  # when it was added (a schedule's ticks start after it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +306,7 @@ def _load_where(session: Session, kind: str, names: list[str] | None) -> list[di
 def _as_def(kind: str, item: dict[str, Any]) -> Any:
     """Build the frozen ``*Def`` of ``kind`` from the matching keys of ``item``."""
     cls = _DEFS[kind]
-    values = {f.name: item[f.name] for f in dataclasses.fields(cls)}
+    values = {f.name: item[f.name] for f in dataclasses.fields(cls) if f.name in item}
     if kind == "flow":
         values["processors"] = tuple(values["processors"])
     return cls(**values)
@@ -382,7 +384,7 @@ class _Writer:
         values = check_fields(kind, fields, add=True)
         if self.find(kind, name) is not None:
             raise AlreadyExists(f"{kind} {name!r} already exists")
-        check_commit_tag(kind, name, values)
+        check_exclusive(kind, name, values)
         now = time.time()
         obj = _MODELS[kind](name=name, created=now, updated=now)
         if kind == "node":
@@ -410,7 +412,7 @@ class _Writer:
         diff = {key: [old[key], value] for key, value in values.items() if old[key] != value}
         if not diff:
             return old, {}
-        check_commit_tag(kind, name, {**old, **values})
+        check_exclusive(kind, name, {**old, **values})
         changed = {key: values[key] for key in diff}
         self._assign(kind, obj, changed)
         obj.updated = time.time()

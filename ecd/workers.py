@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import msgpack
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ecd.repos import PreparedCode
 
 __all__ = [
-    "Done", "Exited", "ImportFailed", "ProcessRegistry", "Raised", "Ready", "WorkerEvent",
+    "Done", "Exited", "ImportFailed", "Item", "ProcessRegistry", "Raised", "Ready", "StreamEnd", "WorkerEvent",
     "WorkerProcess", "make_support_dir", "RUNNER_PATH",
 ]
 
@@ -97,13 +97,30 @@ class Raised:
 
 
 @dataclass(frozen=True)
+class Item:
+    """A streaming call (a generator) yielded item ``index``; ``value`` is its msgpack."""
+
+    call_id: str
+    index: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """A streaming call's generator is exhausted after ``count`` items (the call is done)."""
+
+    call_id: str
+    count: int
+
+
+@dataclass(frozen=True)
 class Exited:
     """The worker process is gone and reaped (``returncode`` as in subprocess: -9 = SIGKILL)."""
 
     returncode: int
 
 
-WorkerEvent = Ready | ImportFailed | Done | Raised | Exited
+WorkerEvent = Ready | ImportFailed | Done | Raised | Item | StreamEnd | Exited
 
 
 class FrameError(Exception):
@@ -144,6 +161,8 @@ def decode_event(body: bytes) -> WorkerEvent:
         "import_failed": (ImportFailed, (str, str, str)),
         "done": (Done, (str, bytes)),
         "raised": (Raised, (str, str, str, str)),
+        "item": (Item, (str, int, bytes)),
+        "stream_end": (StreamEnd, (str, int)),
     }
     if kind not in shapes:
         raise FrameError(f"unknown message {kind!r}")
@@ -157,13 +176,15 @@ class WorkerProcess:
     """One worker subprocess running one processor's module."""
 
     def __init__(self, *, processor: str, slot: int, code: PreparedCode, module: str,
-                 support_dir: Path, registry: ProcessRegistry) -> None:
+                 support_dir: Path, registry: ProcessRegistry,
+                 on_line: Callable[[int, str, str], None] | None = None) -> None:
         self.processor = processor
         self.slot = slot
         self.code = code
         self.module = module
         self.support_dir = Path(support_dir)
         self.registry = registry
+        self.on_line = on_line  # (pid, stream, text) for each line the worker prints
         self.pid: int = 0
         self.channel_fd: int = -1
         self.output_fds: list[int] = []
@@ -238,6 +259,10 @@ class WorkerProcess:
     def send_call(self, call_id: str, function: str, args: bytes, kwargs: bytes) -> None:
         """Send a call to an idle worker; :class:`WorkerError` if the channel is broken."""
         self._send(["call", call_id, function, args, kwargs])
+
+    def send_credit(self, call_id: str, upto: int) -> None:
+        """Let a streaming call send its items up to (not including) index ``upto``."""
+        self._send(["credit", call_id, upto])
 
     def kill(self) -> None:
         """SIGKILL the worker's process group, reap it and close its fds (idempotent)."""
@@ -337,6 +362,11 @@ class WorkerProcess:
         stream = self._streams.get(fd, "out")
         self.log.info("[%d] %s", self.pid, text,
                       extra={"worker_pid": self.pid, "stream": stream, "slot": self.slot})
+        if self.on_line is not None:
+            try:
+                self.on_line(self.pid, stream, text)
+            except Exception:  # noqa: BLE001 - a listener's trouble must not touch the worker
+                log.exception("worker line callback failed")
 
     def _send(self, msg: list, timeout: float = SEND_TIMEOUT) -> None:
         if self._sock is None:

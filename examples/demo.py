@@ -54,7 +54,7 @@ def main() -> None:
             time.sleep(0.1)
         sh(["ecctl", "add", "queue", "-n", "q1", "-t", "direct"], env)
         sh(["ecctl", "add", "processor", "-n", "proc1", "-g", f"file://{repo}", "-m", "sample.tasks", "-c", "2"], env)
-        for fn in ("do_something", "do_this", "add_two"):
+        for fn in ("do_something", "do_this", "add_two", "count"):
             sh(["ecctl", "add", "socket", "-n", f"sample.tasks.{fn}", "-q", "q1", "-pn", "proc1", "-t", fn], env)
         sh(["ecctl", "run", "sample.tasks.do_something", "hello"], env)
         sh('echo "HI THERE!" | ecctl run sample.tasks.do_something | ecctl run sample.tasks.do_this', env)
@@ -66,6 +66,34 @@ def main() -> None:
                 "print(r.id, '->', r.get(timeout=60))\n")
         print(subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True, check=True,
                              timeout=120).stdout.rstrip())
+        # data flows: a plug, the seed's workflow, a stream
+        sh(["ecctl", "add", "plug", "-n", "p1", "--source", "sample.tasks.do_something",
+            "--target", "sample.tasks.do_this", "-q", "q1"], env)
+        call_id = sh(["ecctl", "run", "--no-wait", "sample.tasks.do_something", "plugged"], env)
+        print("$ python: wait for the plug's call", flush=True)
+        wait = ("import sys, time\nfrom ecctl import Client\nc = Client()\nc.result(sys.argv[1], timeout=60)\n"
+                "deadline = time.monotonic() + 60\n"
+                "while not c.ls_call(sys.argv[1])['children'] and time.monotonic() < deadline: time.sleep(0.05)\n"
+                "print(c.result(c.ls_call(sys.argv[1])['children'][0], timeout=60))\n")
+        print(subprocess.run([sys.executable, "-c", wait, call_id], env=env, text=True, capture_output=True,
+                             check=True, timeout=120).stdout.rstrip())
+        sh(["ecctl", "ls", "call", "--id", call_id, "--tree", "--result"], env)
+        sh(["ecctl", "delete", "plug", "-n", "p1"], env)
+        print("$ python: the seed's funnel workflow", flush=True)
+        workflow = ("from ecctl import Function, parallel, pipeline, funnel\n"
+                    "do_something = Function('sample.tasks.do_something').p\n"
+                    "_pipeline = pipeline([do_something('One'), do_something('Two'),\n"
+                    "                      parallel([do_something('Four'), do_something('Five')]), do_something('Three')])\n"
+                    "_parallel = parallel([_pipeline, do_something('Six'), do_something('Seven')])\n"
+                    "_funnel = funnel([do_something('Eight'), _parallel, do_something('Nine')])\n"
+                    "result = _funnel(do_something('Four'))\n"
+                    "print('FUNNEL: ', result.get(60))\n"
+                    "print(result.id)\n")
+        out = subprocess.run([sys.executable, "-c", workflow], env=env, text=True, capture_output=True, check=True,
+                             timeout=120).stdout.rstrip().splitlines()
+        print(out[0])
+        sh(["ecctl", "ls", "call", "--id", out[1], "--graph"], env)
+        sh(["ecctl", "run", "--stream", "sample.tasks.count", "--data", "[3, 0.2]"], env)
         sh(["ecctl", "ls", "calls", "-r", "5"], env)
         sh(["ecctl", "status"], env)
     finally:

@@ -279,6 +279,81 @@ def _result_consistent(fields: dict[str, Any]) -> None:
         raise _Invalid("RESULT: ok is false but error is missing")
 
 
+_GRAPH_KINDS = ("call", "pipeline", "parallel", "funnel")
+
+
+def _graph(v: Any) -> Any:
+    """FLOW.graph: nested maps, each exactly one of ``{call, args, kwargs}`` (a step),
+    ``{pipeline: [node...]}``, ``{parallel: [node...]}`` or ``{funnel: [node...], final: node
+    or nil}``; at most MAX_GRAPH_NODES nodes, MAX_GRAPH_DEPTH deep, MAX_GRAPH_WIDTH wide.
+    Step arguments are checked like CALL's (a msgpack list and a map with str keys)."""
+    count = 0
+    stack: list[tuple[Any, int, str]] = [(v, 0, "graph")]
+    while stack:
+        node, depth, where = stack.pop()
+        count += 1
+        if count > c.MAX_GRAPH_NODES:
+            raise _Invalid(f"more than {c.MAX_GRAPH_NODES} nodes")
+        if depth > c.MAX_GRAPH_DEPTH:
+            raise _Invalid(f"{where}: nested deeper than {c.MAX_GRAPH_DEPTH}")
+        if type(node) is not dict:
+            raise _Invalid(f"{where}: must be a map, not {type(node).__name__}")
+        kinds = [k for k in _GRAPH_KINDS if k in node]
+        if len(kinds) != 1:
+            raise _Invalid(f"{where}: must have exactly one of {', '.join(_GRAPH_KINDS)}")
+        kind = kinds[0]
+        if kind == "call":
+            try:
+                _str(1, c.MAX_NAME_CHARS)(node["call"])
+                _bytes(node.get("args"))
+                _deep_args(node["args"])
+                _bytes(node.get("kwargs"))
+                _deep_kwargs(node["kwargs"])
+            except Exception as e:
+                raise _Invalid(f"{where}: {_why(e)}") from e
+            continue
+        members = node[kind]
+        if type(members) is not list or not 1 <= len(members) <= c.MAX_GRAPH_WIDTH:
+            raise _Invalid(f"{where}.{kind}: must be a list of 1..{c.MAX_GRAPH_WIDTH} nodes")
+        for i, member in enumerate(members):
+            stack.append((member, depth + 1, f"{where}.{kind}[{i}]"))
+        if kind == "funnel" and node.get("final") is not None:
+            stack.append((node["final"], depth + 1, f"{where}.final"))
+    return v
+
+
+def _payload_list(max_items: int) -> Check:
+    def check(v: Any) -> Any:
+        if type(v) is not list or len(v) > max_items:
+            raise _Invalid(f"must be a list of at most {max_items} payloads")
+        for i, item in enumerate(v):
+            if type(item) is not bytes:
+                raise _Invalid(f"item {i} must be bytes")
+        return v
+    return check
+
+
+def _deep_payloads(v: list) -> None:
+    for item in v:
+        _unpackb(item)
+
+
+def _event_list(v: Any) -> Any:
+    if type(v) is not list or len(v) > c.MAX_EVENTS:
+        raise _Invalid(f"must be a list of at most {c.MAX_EVENTS} events")
+    for i, event in enumerate(v):
+        if type(event) is not dict:
+            raise _Invalid(f"event {i} must be a map")
+        _str_key_dict(event)
+    return v
+
+
+def _channel(v: Any) -> Any:
+    if v not in c.CHANNELS:
+        raise _Invalid(f"{v!r} is not one of {', '.join(c.CHANNELS)}")
+    return v
+
+
 _CALL_FIELDS = (("socket", _str(1, c.MAX_NAME_CHARS), None),
                 ("args", _bytes, _deep_args),
                 ("kwargs", _bytes, _deep_kwargs),
@@ -295,7 +370,7 @@ _FIELDS: dict[int, tuple[tuple[str, Check, Callable[[Any], None] | None], ...]] 
     c.PONG: (("node", _str(0, c.MAX_NAME_CHARS), None),
              ("version", _str(0, c.MAX_TEXT_CHARS), None),
              ("time", _float, None)),
-    c.CALL: _CALL_FIELDS,
+    c.CALL: (*_CALL_FIELDS, ("stream", _bool, None)),
     c.ACCEPTED: (("call_id", _call_id(False), None),
                  ("seq", _int(0, c.MAX_SEQ), None),
                  ("node", _str(0, c.MAX_NAME_CHARS), None),
@@ -316,6 +391,25 @@ _FIELDS: dict[int, tuple[tuple[str, Check, Callable[[Any], None] | None], ...]] 
     c.RESULTS: (("results", _entries(_RESULT_FIELDS, _result_consistent), None),),
     c.PENDING: (("call_id", _call_id(False), None),
                 ("state", _str(1, c.MAX_STATE_CHARS), None)),
+    c.FLOW: (("graph", _graph, None),
+             ("args", _bytes, _deep_args),
+             ("kwargs", _bytes, _deep_kwargs),
+             ("flow_id", _call_id(True), None)),
+    c.STREAM: (("call_id", _call_id(False), None),
+               ("start", _int(0, c.MAX_SEQ), None),
+               ("wait_ms", _int(0, c.MAX_WAIT_MS), None)),
+    c.ITEMS: (("call_id", _call_id(False), None),
+              ("start", _int(0, c.MAX_SEQ), None),
+              ("items", _payload_list(c.MAX_ITEMS), _deep_payloads),
+              ("attempt", _int(0, c.MAX_SEQ), None),
+              ("done", _bool, None),
+              ("state", _str(1, c.MAX_STATE_CHARS), None),
+              ("error", _result_error, None)),
+    c.LISTEN: (("name", _str(0, c.MAX_NAME_CHARS), None),
+               ("channel", _channel, None),
+               ("ttl_ms", _int(c.MIN_LISTEN_TTL_MS, c.MAX_LISTEN_TTL_MS), None)),
+    c.EVENTS: (("events", _event_list, None),
+               ("dropped", _int(0, c.MAX_SEQ), None)),
     c.ADMIN: (("op", _str(1, c.MAX_OP_CHARS), None),
               ("args", _str_key_dict, None)),
     c.REPLY: (("data", _any, None),),
@@ -326,7 +420,7 @@ _FIELDS: dict[int, tuple[tuple[str, Check, Callable[[Any], None] | None], ...]] 
 
 #: Fields added to a command after version 1 was first published: a receiver takes the default
 #: when a sender omits them (senders of this code always send them).
-_OPTIONAL: dict[tuple[int, str], Any] = {(c.ACCEPTED, "result"): None}
+_OPTIONAL: dict[tuple[int, str], Any] = {(c.ACCEPTED, "result"): None, (c.CALL, "stream"): False}
 
 _CLASSES: dict[int, type] = {cls.COMMAND: cls for cls in MESSAGE_TYPES}
 _HEADERS: dict[type, bytes] = {

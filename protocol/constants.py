@@ -31,6 +31,11 @@ PENDING: Final = 0x14
 CALLS: Final = 0x15
 ACCEPTED_MANY: Final = 0x16
 RESULTS: Final = 0x17
+FLOW: Final = 0x18
+STREAM: Final = 0x19
+ITEMS: Final = 0x1A
+LISTEN: Final = 0x1B
+EVENTS: Final = 0x1C
 ADMIN: Final = 0x20
 REPLY: Final = 0x21
 ERROR: Final = 0x7F
@@ -54,18 +59,24 @@ SYNCED: Final = 0x4F
 FIND: Final = 0x50
 FOUND: Final = 0x51
 DRAIN: Final = 0x52
+SUBSCRIBE: Final = 0x53
+EVENT: Final = 0x54
+STREAMED: Final = 0x55
+STREAM_CREDIT: Final = 0x56
 
 PEER_COMMAND_NAMES: Final[dict[int, str]] = {
     HELLO: "HELLO", WELCOME: "WELCOME", HEARTBEAT: "HEARTBEAT", REPLICATE: "REPLICATE",
     REPLICATED: "REPLICATED", CREDIT: "CREDIT", LEASE: "LEASE", COMPLETE: "COMPLETE",
     COMPLETED: "COMPLETED", TAKEOVER: "TAKEOVER", HANDOFF: "HANDOFF", HANDED: "HANDED",
     SYNC: "SYNC", SYNCED: "SYNCED", FIND: "FIND", FOUND: "FOUND", DRAIN: "DRAIN",
+    SUBSCRIBE: "SUBSCRIBE", EVENT: "EVENT", STREAMED: "STREAMED", STREAM_CREDIT: "STREAM_CREDIT",
 }
 
 COMMAND_NAMES: Final[dict[int, str]] = {
     PING: "PING", PONG: "PONG", CALL: "CALL", ACCEPTED: "ACCEPTED", GET: "GET",
     RESULT: "RESULT", PENDING: "PENDING", ADMIN: "ADMIN", REPLY: "REPLY", ERROR: "ERROR",
-    CALLS: "CALLS", ACCEPTED_MANY: "ACCEPTED_MANY", RESULTS: "RESULTS",
+    CALLS: "CALLS", ACCEPTED_MANY: "ACCEPTED_MANY", RESULTS: "RESULTS", FLOW: "FLOW",
+    STREAM: "STREAM", ITEMS: "ITEMS", LISTEN: "LISTEN", EVENTS: "EVENTS",
 }
 
 # Error codes (Error.code and ProtocolError.code); numbers follow HTTP where one fits.
@@ -115,6 +126,19 @@ MAX_WAIT_MS: Final = 3_600_000
 MAX_SEQ: Final = 2**63 - 1
 #: Most calls in one CALLS message (and entries in ACCEPTED_MANY / RESULTS).
 MAX_BATCH: Final = 1000
+#: Most nodes (steps and structures) in one FLOW graph, and its deepest nesting.
+MAX_GRAPH_NODES: Final = 10_000
+MAX_GRAPH_DEPTH: Final = 64
+#: Most members of one pipeline / parallel / funnel.
+MAX_GRAPH_WIDTH: Final = 1000
+#: LISTEN channels.
+CHANNELS: Final[tuple[str, ...]] = ("task", "log", "result")
+#: Longest and shortest LISTEN subscription (ttl_ms).
+MIN_LISTEN_TTL_MS: Final = 1000
+MAX_LISTEN_TTL_MS: Final = 600_000
+#: Most events in one EVENTS message, and items in one ITEMS message.
+MAX_EVENTS: Final = 1000
+MAX_ITEMS: Final = 1000
 #: Error.code range.
 MIN_ERROR_CODE: Final = 100
 MAX_ERROR_CODE: Final = 999

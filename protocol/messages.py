@@ -34,12 +34,15 @@ class Pong:
 
 @dataclass(frozen=True, kw_only=True)
 class Call:
-    """C: run socket's function with args (msgpack list) and kwargs (msgpack map)."""
+    """C: run socket's function with args (msgpack list) and kwargs (msgpack map). With
+    ``stream`` the caller will read the call's items (STREAM) from the first: a generator waits
+    for it."""
     COMMAND: ClassVar[int] = c.CALL
     socket: str
     args: bytes
     kwargs: bytes
     call_id: str = ""
+    stream: bool = False
     request_id: bytes = b""
     credentials: dict = field(default_factory=dict)
 
@@ -126,6 +129,73 @@ class Results:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Flow:
+    """C: run a workflow (a graph of pipeline / parallel / funnel structures over socket calls)
+    as one durable record under flow_id; args/kwargs are the input of its first steps. Answered
+    by ACCEPTED; GET on flow_id gives the workflow's result."""
+    COMMAND: ClassVar[int] = c.FLOW
+    graph: dict
+    args: bytes
+    kwargs: bytes
+    flow_id: str = ""
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stream:
+    """C: the items a streaming call (a generator) yielded from index ``start`` on, waiting up
+    to wait_ms for one (long poll). Asking from ``start`` also says the items before it were
+    read (the producer may run that much further)."""
+    COMMAND: ClassVar[int] = c.STREAM
+    call_id: str
+    start: int = 0
+    wait_ms: int = 0
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Items:
+    """S: answer to STREAM: ``items`` (payloads) of the attempt ``attempt`` from index ``start``;
+    ``done`` once the call ended (``error`` set if it failed) and no item is left after these."""
+    COMMAND: ClassVar[int] = c.ITEMS
+    call_id: str
+    start: int
+    items: list
+    attempt: int = 0
+    done: bool = False
+    state: str = "running"
+    error: dict | None = None
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listen:
+    """C: subscribe to the events of a processor, socket or queue ``name`` ("" = all) on a
+    channel (task, log, result) from every node of the mesh, for ttl_ms; re-sent with the same
+    request id before then to keep it. Events come back in EVENTS with that request id."""
+    COMMAND: ClassVar[int] = c.LISTEN
+    name: str
+    channel: str
+    ttl_ms: int = 30_000
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Events:
+    """S: events of a LISTEN (the first, maybe empty, confirms it); ``dropped`` counts events
+    that could not be delivered since the previous EVENTS (a slow listener)."""
+    COMMAND: ClassVar[int] = c.EVENTS
+    events: list
+    dropped: int = 0
+    request_id: bytes = b""
+    credentials: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Admin:
     """C: topology / inspection operation (see the admin ops table in SPEC.md)."""
     COMMAND: ClassVar[int] = c.ADMIN
@@ -171,8 +241,9 @@ class PeerMessage:
 
 
 Message = (Ping | Pong | Call | Accepted | Get | Result | Pending | Calls | AcceptedMany | Results
-           | Admin | Reply | Error | PeerMessage)
+           | Flow | Stream | Items | Listen | Events | Admin | Reply | Error | PeerMessage)
 MESSAGE_TYPES: tuple[type, ...] = (Ping, Pong, Call, Accepted, Get, Result, Pending, Calls,
-                                   AcceptedMany, Results, Admin, Reply, Error)
+                                   AcceptedMany, Results, Flow, Stream, Items, Listen, Events,
+                                   Admin, Reply, Error)
 #: Commands a client sends; the server sends the others.
-REQUEST_TYPES: tuple[type, ...] = (Ping, Call, Get, Calls, Admin)
+REQUEST_TYPES: tuple[type, ...] = (Ping, Call, Get, Calls, Flow, Stream, Listen, Admin)

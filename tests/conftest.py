@@ -190,7 +190,8 @@ def run_ecctl(endpoint: str, *args: str, input: bytes | None = None, timeout: fl
                           timeout=timeout, env=full_env, cwd=ROOT)
 
 
-SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid")
+SAMPLE_FUNCTIONS = ("do_something", "do_this", "add_two", "echo", "fail", "sleep", "noop", "crash", "pid", "token",
+                    "count", "produce", "slow_echo")
 
 
 def processor_view(client: Any, name: str, allow_failed: bool = False) -> dict[str, Any]:

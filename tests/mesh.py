@@ -61,11 +61,10 @@ class MeshNodes:
         return self
 
     def run_sample(self, repo: str) -> None:
-        """Register the example processor through node 1 (plus a socket for ``token``) and
-        return once it runs, with that socket known, on every node."""
+        """Register the example processor through node 1 and return once it runs, with all its
+        sockets known, on every node."""
         with self.client(0, timeout=60) as client:
             register_sample(client, repo)
-            client.add_socket("sample.tasks.token", processor="proc1", function="token", queue="q1")
         for i in range(1, len(self.nodes)):
             with self.client(i, timeout=30) as client:
                 wait_for(lambda: processor_view(client, "proc1").get("status") == "running"

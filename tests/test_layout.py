@@ -16,7 +16,7 @@ PACKAGES = ("protocol", "ecd", "ecctl")
 _DB_MODULES = {
     "ecd/schema.py", "ecd/topology.py", "ecd/history.py", "ecd/push.py", "ecd/dbcli.py",
     "ecd/migrations/env.py", "ecd/migrations/versions/0001_initial.py",
-    "ecd/migrations/versions/0002_network.py",
+    "ecd/migrations/versions/0002_network.py", "ecd/migrations/versions/0003_dataflow.py",
 }
 
 #: Third-party module -> the only product modules allowed to import it.

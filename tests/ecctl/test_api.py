@@ -18,14 +18,16 @@ PKG = Path(ecctl.__file__).parent
 
 def test_exported_names_complete() -> None:
     expected = {"Client", "Function", "Socket", "AsyncResult", "Signature", "RemoteError",
-                "NoDaemon", "ServerError", "CallTimeout", "EcctlError"}
+                "NoDaemon", "ServerError", "CallTimeout", "EcctlError", "Workflow", "Pipeline",
+                "Parallel", "Funnel", "pipeline", "parallel", "funnel", "Processor", "ProcessorBase",
+                "Plug", "processor", "socket", "plug"}
     assert set(ecctl.__all__) == expected
     for name in expected:
         assert getattr(ecctl, name) is not None
     public = {n for n in vars(ecctl) if not n.startswith("_")}
     assert public - set(ecctl.__all__) <= {"client", "errors", "output", "cli", "annotations",
-                                           "context", "objects", "spec"}
-    assert ecctl.Socket is ecctl.Function
+                                           "context", "objects", "spec", "workflows", "calltree", "declare"}
+    assert issubclass(ecctl.Socket, ecctl.Function)
 
 
 def _imports(path: Path) -> set[str]:

@@ -60,7 +60,7 @@ def call(call_id: str, *, state: str = "queued", created: float = 1000.0, finish
         "id": call_id, "seq": fields.pop("seq", 1), "owner": "owner-uuid", "node": "n1", "socket": socket,
         "processor": "p1", "function": "f", "state": state, "attempts": 0, "created": created,
         "started": None, "finished": finished, "worker": None, "error": None, "parent": None,
-        "root": call_id,
+        "root": call_id, "kind": "call", "via": None,
         "events": events if events is not None else [["received", created, f"Received call {socket}"],
                                                      ["queued", created, f"Queued on {socket}"]],
     }
@@ -82,11 +82,20 @@ def event_rows(history: HistoryStore, call_id: str | None = None) -> int:
 def test_write_then_get_round_trips_every_field(history: HistoryStore) -> None:
     error = {"type": "ValueError", "message": "it's \"bad\"; DROP TABLE call; --", "traceback": "Traceback...\nÜ"}
     summary = call("c1", state="failed", created=1000.5, started=1001.25, finished=1002.75, attempts=3,
-                   worker=4242, error=error, parent="c0", root="c-root", seq=17,
+                   worker=4242, error=error, parent="c0", root="c-root", seq=17, kind="join", via="plug p1",
                    events=[["received", 1000.5, "r"], ["prerun", 1001.25, None], ["failed", 1002.75, "ValueError: x"]])
     history.write([summary])
     assert history.get("c1") == summary
     assert history.get("nope") is None
+
+
+def test_run_lists_every_call_of_a_run(history: HistoryStore) -> None:
+    history.write([call("r", created=1.0), call("a", created=2.0, parent="r", root="r", via="plug p"),
+                   call("b", created=3.0, parent="a", root="r", via="step 0"), call("other", created=4.0)])
+    assert [(row["id"], row["parent"], row["via"]) for row in history.run("r")] == [
+        ("r", None, None), ("a", "r", "plug p"), ("b", "a", "step 0")]
+    assert [row["id"] for row in history.run("r", limit=2)] == ["r", "a"]
+    assert history.run("nothing") == []
 
 
 def test_upsert_replaces_the_summary(history: HistoryStore) -> None:

@@ -41,7 +41,7 @@ from ecd.topology import (
 
 ROOT = Path(__file__).resolve().parents[2]
 GITREPO = "https://example.org/user/code.git"
-HEAD = "0002"
+HEAD = "0003"
 BAD_NAMES = [
     "",
     "a" * 201,
@@ -197,7 +197,7 @@ SAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "processor": ({"gitrepo": GITREPO, "module": "pkg.x", "tag": "v1.0", "rate_limit": "10/s", "paused": True,
                    "branch": "main", "timelimit": 5, "requirements": "requests\n"},
                   {"rate_limit": "5/m", "paused": False}, ProcessorDef),
-    "socket": ({"processor": "p1", "function": "f", "queue": "q1", "interval": 5, "cron": "*/5 * * * *",
+    "socket": ({"processor": "p1", "function": "f", "queue": "q1", "cron": "*/5 * * * *", "catch_up": "all",
                 "description": "sock"}, {"processor": "p2", "function": "other"}, SocketDef),
     "plug": ({"source": "s1", "target": "s2", "argument": "x", "type": "ERROR", "queue": "q1"},
              {"type": "RESULT", "target": "s3"}, PlugDef),
@@ -1120,7 +1120,7 @@ class TestMigrationsContract:
         assert (p1["concurrency"], p1["enabled"], p1["paused"], p1["restarts"], p1["tag"]) == (3, False, False, 0, None)
         assert store.get("socket", "s1") | {} == {
             "id": "s-id", "name": "s1", "created": 1.0, "updated": 1.0, "processor": "p1", "function": "f",
-            "queue": "q1", "interval": None, "cron": None, "description": None}
+            "queue": "q1", "interval": None, "cron": None, "description": None, "catch_up": "once"}
         assert store.get("queue", "q1")["description"] is None
         assert store.get("node", "n1")["endpoint"] == "tcp://x:1"
         # the change log starts now: older versions are not in it

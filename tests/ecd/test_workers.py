@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 from ecd.repos import PreparedCode
-from ecd.workers import (Done, Exited, ImportFailed, ProcessRegistry, Raised, Ready, WorkerEvent,
+from ecd.workers import (Done, Exited, ImportFailed, Item, ProcessRegistry, Raised, Ready, StreamEnd, WorkerEvent,
                          WorkerProcess, process_start_time)
 from tests.conftest import wait_for
 
@@ -113,7 +113,10 @@ def test_call_roundtrip(make_worker, code_tasks: PreparedCode, registry: Process
     assert registry.pids() == [w.pid]
     assert call(w, "c1", "add", 2, 3) == Done("c1", pack(5))
     assert call(w, "c2", "add", 2, b=40) == Done("c2", pack(42))
-    assert call(w, "c3", "numbers", 3) == Done("c3", pack([0, 1, 2]))
+    # a generator streams: its first item goes unasked, the others as ecd grants credit
+    assert call(w, "c3", "numbers", 3) == Item("c3", 0, pack(0))
+    w.send_credit("c3", 3)
+    assert pump(w, lambda evs: len(evs) >= 3) == [Item("c3", 1, pack(1)), Item("c3", 2, pack(2)), StreamEnd("c3", 3)]
     where = call(w, "c4", "where")
     assert isinstance(where, Done)
     info = msgpack.unpackb(where.value, raw=False)

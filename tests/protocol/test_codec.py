@@ -42,6 +42,17 @@ def all_messages() -> list[p.Message]:
         p.Results(results=[{"call_id": CID, "ok": True, "value": p.pack(None), "error": None},
                            {"call_id": "y", "ok": False, "value": b"",
                             "error": {"type": "E", "message": "m", "traceback": ""}}]),
+        p.Flow(graph={"funnel": [{"call": "a", "args": args, "kwargs": kwargs},
+                                 {"parallel": [{"call": "b", "args": p.pack([]), "kwargs": p.pack({})}]}],
+                      "final": {"pipeline": [{"call": "c", "args": p.pack([1]), "kwargs": p.pack({})}]}},
+               args=p.pack([]), kwargs=p.pack({}), flow_id=CID),
+        p.Flow(graph={"call": "a", "args": args, "kwargs": kwargs}, args=args, kwargs=kwargs),
+        p.Stream(call_id=CID, start=3, wait_ms=1000),
+        p.Items(call_id=CID, start=0, items=[p.pack(1), p.pack("two")], attempt=1),
+        p.Items(call_id=CID, start=2, items=[], attempt=1, done=True, state="failed",
+                error={"type": "E", "message": "m", "traceback": ""}),
+        p.Listen(name="proc1", channel="task", ttl_ms=5000),
+        p.Events(events=[{"channel": "task", "event": "postrun", "call_id": CID}], dropped=2),
         p.Admin(op="add_queue", args={"name": "q", "type": "direct"}),
         p.Admin(op="status", args={}),
         p.Reply(data=[{"name": "q", "depth": 3}, None, 1.5, b"x"]),
@@ -64,6 +75,43 @@ def test_round_trip(msg: p.Message) -> None:
 def test_every_message_type_covered() -> None:
     assert {type(m) for m in all_messages()} == set(p.MESSAGE_TYPES)
     assert len({cls.COMMAND for cls in p.MESSAGE_TYPES}) == len(p.MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("graph, why", [
+    ({}, "exactly one of"),
+    ({"call": "a", "pipeline": []}, "exactly one of"),
+    ({"pipeline": []}, "1..1000 nodes"),
+    ({"parallel": "x"}, "1..1000 nodes"),
+    ({"call": "a", "args": b"\x80", "kwargs": b"\x80"}, "msgpack of a list"),
+    ({"call": "", "args": b"\x90", "kwargs": b"\x80"}, "length 0"),
+    ({"pipeline": [{"pipeline": [{"call": "a", "args": b"\x90", "kwargs": b"\x81\x01\x02"}]}]}, "keys must be str"),
+    ({"funnel": [{"call": "a", "args": b"\x90", "kwargs": b"\x80"}], "final": 7}, "must be a map"),
+])
+def test_flow_graph_is_checked(graph: dict, why: str) -> None:
+    body = msgpack.packb({"graph": graph, "args": b"\x90", "kwargs": b"\x80", "flow_id": ""}, use_bin_type=True)
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode([b"EC\x01\x18", b"r", b"\x80", body])
+    assert why in info.value.reason and info.value.code == c.E_MALFORMED
+
+
+def test_flow_graph_depth_and_size_are_bounded() -> None:
+    leaf = {"call": "a", "args": b"\x90", "kwargs": b"\x80"}
+    deep: dict = leaf
+    for _ in range(c.MAX_GRAPH_DEPTH + 1):
+        deep = {"pipeline": [deep]}
+    wide = {"parallel": [{"parallel": [leaf] * 1000} for _ in range(11)]}
+    for graph, why in ((deep, "deeper than"), (wide, "more than 10000 nodes")):
+        body = msgpack.packb({"graph": graph, "args": b"\x90", "kwargs": b"\x80", "flow_id": ""}, use_bin_type=True)
+        with pytest.raises(p.ProtocolError, match=why):
+            p.decode([b"EC\x01\x18", b"r", b"\x80", body])
+
+
+def test_listen_channel_and_ttl_are_checked() -> None:
+    for fields, why in (({"name": "p", "channel": "nope", "ttl_ms": 5000}, "not one of"),
+                        ({"name": "p", "channel": "task", "ttl_ms": 10}, "not in 1000..600000")):
+        body = msgpack.packb(fields, use_bin_type=True)
+        with pytest.raises(p.ProtocolError, match=why):
+            p.decode([b"EC\x01\x1b", b"r", b"\x80", body])
 
 
 def test_decode_accepts_bytes_like_frames() -> None:
@@ -136,9 +184,9 @@ def test_bad_header_length(header: bytes) -> None:
 
 def test_unknown_command() -> None:
     frames = good()
-    frames[0] = b"EC\x01\x55"
+    frames[0] = b"EC\x01\x66"
     e = err(frames)
-    assert "unknown command 0x55" in e.reason and e.request_id == b"rid"
+    assert "unknown command 0x66" in e.reason and e.request_id == b"rid"
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 5, 6])

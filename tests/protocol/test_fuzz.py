@@ -77,7 +77,7 @@ def check_decode(frames: list[bytes]) -> None:
         assert isinstance(e.reason, str) and e.reason
         assert isinstance(e.code, int) and type(e.request_id) is bytes
         return
-    assert isinstance(msg, p.MESSAGE_TYPES)
+    assert isinstance(msg, (*p.MESSAGE_TYPES, p.PeerMessage))
     assert p.decode(p.encode(msg)) == msg  # anything accepted re-encodes to the same message
 
 

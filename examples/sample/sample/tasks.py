@@ -20,15 +20,19 @@ import time
 from typing import Any
 
 
-def do_something(message: Any) -> str:
-    """Return ``"Do something: <message>"``, printing a line to show where output goes."""
+def do_something(message: Any, *more: Any) -> str:
+    """Return ``"Do something: <message> <more>..."``, printing a line to show where output goes.
+
+    In a workflow a step gets the previous step's result first, then its own arguments:
+    ``do_something("Two")`` after a step that returned ``"x"`` returns ``"Do something: x Two"``.
+    """
     print(f"Doing something with {message!r} in worker {os.getpid()}", flush=True)
-    return "Do something: " + str(message)
+    return "Do something: " + " ".join(str(part) for part in (message, *more))
 
 
-def do_this(message: Any) -> str:
-    """Return ``"Do this: <message>"``."""
-    return "Do this: " + str(message)
+def do_this(message: Any, *more: Any) -> str:
+    """Return ``"Do this: <message> <more>..."``."""
+    return "Do this: " + " ".join(str(part) for part in (message, *more))
 
 
 def add_two(one: Any, two: Any) -> Any:
@@ -52,6 +56,12 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+def slow_echo(value: Any, seconds: float = 0.1) -> Any:
+    """Sleep ``seconds`` (0.1 by default), then return ``value``: a slow consumer."""
+    time.sleep(float(seconds))
+    return value
+
+
 def noop(*args: Any, **kwargs: Any) -> None:
     """Do nothing and return None (for measuring call overhead)."""
     return None
@@ -66,6 +76,22 @@ def crash(code: int = 1) -> None:
 def pid() -> int:
     """Return the worker's process id (shows which worker ran a call)."""
     return os.getpid()
+
+
+def count(n: int, delay: float = 0.0) -> Any:
+    """A generator: yields 0, 1, ... n-1, sleeping ``delay`` seconds before each (a streaming
+    socket: ``ecctl run --stream`` prints each number as it comes; plugs fire per number)."""
+    for i in range(int(n)):
+        if delay:
+            time.sleep(float(delay))
+        yield i
+
+
+def produce(n: int) -> Any:
+    """A generator of ``{"i": i, "at": <time it was made>}``: shows how far a producer runs
+    ahead of a slow reader."""
+    for i in range(int(n)):
+        yield {"i": i, "at": time.time()}
 
 
 def token(*args: Any, **kwargs: Any) -> str:

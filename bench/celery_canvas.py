@@ -1,0 +1,147 @@
+"""The Celery side of ``python -m bench flows --celery``: the same shapes in Celery canvas, on the
+same functions, in the same run, for comparison.
+
+The seed's funnel is a chord (``chord(group(...))(final)``) of a chain with a group inside, and
+the 3-stage plug pipeline is ``chain(s1, s2, s3)`` per input. Celery runs on a throwaway
+``redis-server`` (broker and result backend) started on a free port in a temp dir, with a
+prefork worker of the same concurrency; everything is stopped by its PID at the end. Needs the
+``celery`` and ``redis`` packages and a ``redis-server`` binary; without them the comparison is
+skipped (``celery_skipped`` says why). Celery is not a dependency of ElasticCode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from .calls import percentile
+
+TASKS = textwrap.dedent('''
+    """Celery tasks with the bodies of the sample processor's functions."""
+    import os
+    from celery import Celery
+
+    app = Celery("benchtasks", broker=os.environ["BENCH_REDIS"], backend=os.environ["BENCH_REDIS"])
+    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=4, result_expires=3600,
+                    broker_connection_retry_on_startup=True)
+
+    @app.task
+    def do_something(message, *more):
+        return "Do something: " + " ".join(str(part) for part in (message, *more))
+
+    @app.task
+    def noop(*args, **kwargs):
+        return None
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run(runs: int, pipelines: int, workers: int, durable: bool = False) -> dict[str, Any]:
+    """Celery's figures; with ``durable``, redis fsyncs every write (``appendfsync always``), the
+    closest to ElasticCode's promise (each call fsynced before it is acknowledged)."""
+    redis_server = shutil.which("redis-server")
+    try:
+        import celery  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError as exc:
+        return {"celery_skipped": f"celery/redis packages not installed ({exc.name})"}
+    if redis_server is None:
+        return {"celery_skipped": "no redis-server binary"}
+    base = Path(tempfile.mkdtemp(prefix="ec-celery-"))
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = worker = None
+    try:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+        server = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base),
+                                   "--save", "", *persistence], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        (base / "benchtasks.py").write_text(TASKS)
+        env = {**os.environ, "BENCH_REDIS": url, "PYTHONPATH": str(base)}
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "benchtasks", "worker", "-c", str(workers),
+                                   "--pool", "prefork", "-l", "WARNING", "--without-gossip", "--without-mingle",
+                                   "--without-heartbeat"], cwd=base, env=env, stdout=open(base / "worker.log", "wb"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        os.environ["BENCH_REDIS"] = url
+        sys.path.insert(0, str(base))
+        try:
+            import benchtasks  # type: ignore[import-not-found]
+        finally:
+            sys.path.remove(str(base))
+        result = _measure(benchtasks, runs, pipelines, workers)
+        result["celery_broker"] = "redis, appendfsync always" if durable else "redis, no persistence"
+        sys.modules.pop("benchtasks", None)
+        return {f"{key}_durable" if durable and key != "celery_broker" else key: value
+                for key, value in result.items()}
+    finally:
+        _stop(worker)
+        _stop(server)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _measure(tasks: Any, runs: int, pipelines: int, workers: int) -> dict[str, Any]:
+    from celery import chain, chord, group
+
+    d = tasks.do_something.s
+    deadline = time.monotonic() + 60
+    while True:  # the worker is up once a task round-trips
+        try:
+            tasks.noop.delay().get(timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > deadline:
+                raise
+
+    def funnel() -> Any:
+        _pipeline = chain(d("One"), d("Two"), group(d("Four"), d("Five")), d("Three"))
+        _parallel = group(_pipeline, d("Six"), d("Seven"))
+        return chord(group(d("Eight"), _parallel, d("Nine")))(d("Four"))
+
+    for _ in range(20):
+        funnel().get(timeout=60, disable_sync_subtasks=False)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        funnel().get(timeout=60, disable_sync_subtasks=False)
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    n = tasks.noop.s
+    results = [chain(n(), n(), n()).apply_async() for _ in range(200)]
+    for result in results:
+        result.get(timeout=120)
+    start = time.perf_counter()
+    results = [chain(n(), n(), n()).apply_async() for _ in range(pipelines)]
+    for result in results:
+        result.get(timeout=600)
+    elapsed = time.perf_counter() - start
+    return {
+        "celery_funnel_p50_ms": round(percentile(samples, 0.50), 2),
+        "celery_funnel_p99_ms": round(percentile(samples, 0.99), 2),
+        "celery_pipeline_inputs_per_s": round(pipelines / elapsed, 1),
+        "celery_pipeline_calls_per_s": round(3 * pipelines / elapsed, 1),
+        "celery_workers": workers,
+    }

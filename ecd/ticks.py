@@ -1,0 +1,219 @@
+"""Scheduled sockets: a socket with an ``interval`` (seconds) or a ``cron`` expression gets a call
+at every tick, exactly once in the whole mesh however many nodes host it.
+
+* **Tick times** are the same on every node: an interval's ticks are the multiples of it since
+  the UNIX epoch, a cron's come from croniter (5 fields, or 6 with seconds last). A tick's call
+  has an id derived from (socket, tick time): ``t-hash``; whoever makes it, it is one call.
+* **One node fires.** The *leader* is the live, non-draining node with the smallest node id
+  (any single node is its own leader). Only the leader makes tick calls; the others learn from
+  its heartbeats (``ticks``: socket -> last tick fired) and take over at its death. Tick calls
+  are replicated to the nodes next in line, so a new leader holds the calls of the ticks its
+  predecessor fired and never fires them again.
+* **Catch-up.** After downtime (no node ran, or no leader) a socket's missed ticks fire *once*:
+  one call, for the latest tick due. With ``catch_up = "all"``, one call per missed tick (at most
+  :data:`MAX_CATCH_UP`). Ticks from before the socket was made never fire.
+
+The last tick fired of each socket is kept in ``<data-dir>/ticks.json`` and gossiped; the log
+stays the authority (a tick whose call exists is never fired again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from croniter import croniter
+
+from . import calls as C
+from .mesh import DEAD
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+#: Most missed ticks of one socket fired at once with ``catch_up = "all"``.
+MAX_CATCH_UP = 1000
+#: Longest the ticker sleeps between looks at its sockets (a new or changed socket is seen by then).
+MAX_SLEEP = 1.0
+
+
+def tick_id(socket: str, tick: float) -> str:
+    return C.derived_id("t", socket, repr(round(tick, 6)))
+
+
+def _stamp(tick: float) -> str:
+    return datetime.fromtimestamp(tick, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Schedule:
+    """The tick times of one socket."""
+
+    def __init__(self, interval: float | None, cron: str | None) -> None:
+        self.interval = interval
+        self.cron = cron
+
+    def latest(self, now: float) -> float:
+        """The last tick at or before ``now``."""
+        if self.interval:
+            return math.floor(now / self.interval) * self.interval
+        return float(croniter(self.cron, now + 1e-6).get_prev(float))
+
+    def next(self, after: float) -> float:
+        """The first tick after ``after``."""
+        if self.interval:
+            return (math.floor(after / self.interval) + 1) * self.interval
+        return float(croniter(self.cron, after).get_next(float))
+
+    def between(self, start: float, end: float, limit: int) -> list[float]:
+        """Ticks in ``(start, end]``: the last ``limit`` of them."""
+        if self.interval:
+            first = max(math.floor(start / self.interval) + 1, math.floor(end / self.interval) - limit + 1)
+            return [k * self.interval for k in range(first, math.floor(end / self.interval) + 1)]
+        out: list[float] = []
+        it = croniter(self.cron, end + 1e-6)
+        while len(out) < limit:
+            tick = float(it.get_prev(float))
+            if tick <= start:
+                break
+            out.append(tick)
+        return sorted(out)
+
+
+class Ticker:
+    """Fires this node's scheduled sockets when it leads (the loop thread owns it)."""
+
+    def __init__(self, node: "Node", path: Path) -> None:
+        self.node = node
+        self.path = Path(path)
+        self.last: dict[str, float] = self._load()
+        self.fired = 0
+        self._schedules: dict[str, tuple[Any, Schedule]] = {}
+        self._topology: Any = None
+        self._next = 0.0  # wall-clock time of the next look
+        self._dirty = False
+
+    def _load(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable %s: %s", self.path, exc)
+            return {}
+        return {k: float(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, (int, float))} \
+            if isinstance(data, dict) else {}
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.last, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            logger.warning("cannot save %s: %s", self.path, exc)
+        self._dirty = False
+
+    def advertised(self) -> dict[str, float]:
+        """Socket -> last tick fired, for heartbeats."""
+        return {name: self.last[name] for name in self._scheduled() if name in self.last}
+
+    def _scheduled(self) -> dict[str, tuple[Any, Schedule]]:
+        topology = self.node.topology
+        if topology is not self._topology:
+            self._topology = topology
+            self._schedules = {name: (s, Schedule(s.interval, s.cron)) for name, s in topology.sockets.items()
+                               if s.interval or s.cron}
+            self._next = 0.0  # look at the new schedules now
+        return self._schedules
+
+    def leader(self) -> bool:
+        """Does this node fire the ticks? (The live, non-draining node with the smallest id.)"""
+        node = self.node
+        if node.cluster.draining or node.stopping:
+            return False
+        members = node.mesh.members.values()
+        return all(m.node_id > node.node_id for m in members if m.state != DEAD and not m.draining)
+
+    def _ready(self) -> bool:
+        """In a mesh, fire only once every live member was heard (its last ticks are known) and
+        a restarted node has reconciled with its peers."""
+        node = self.node
+        if node.cluster.hold_until and node.cluster.holding():
+            return False
+        return all(m.info_at for m in node.mesh.members.values() if m.state != DEAD)
+
+    def tick(self, now: float) -> float:
+        """Fire what is due; returns the wall-clock time to look again."""
+        schedules = self._scheduled()
+        if not schedules:
+            return now + MAX_SLEEP
+        if now < self._next:
+            return self._next
+        for member in self.node.mesh.members.values():  # what the others fired
+            for name, last in (member.info.get("ticks") or {}).items():
+                if name in schedules and last > self.last.get(name, 0.0):
+                    self.last[name] = last
+                    self._dirty = True
+        wake = now + MAX_SLEEP
+        if self.leader() and self._ready():
+            for name, (socket, schedule) in schedules.items():
+                try:
+                    self._fire_due(name, socket, schedule, now)
+                    wake = min(wake, schedule.next(now))
+                except (ValueError, KeyError) as exc:  # a cron croniter cannot step through
+                    logger.error("scheduled socket %s: %s", name, exc)
+        if self._dirty:
+            self._save()
+        self._next = max(wake, now + 0.001)
+        return self._next
+
+    def _fire_due(self, name: str, socket: Any, schedule: Schedule, now: float) -> None:
+        due = schedule.latest(now)
+        baseline = max(self.last.get(name, 0.0), float(getattr(socket, "created", 0.0) or 0.0))
+        if due <= baseline:
+            return
+        if socket.catch_up == "all" and self.last.get(name):
+            ticks = schedule.between(baseline, due, MAX_CATCH_UP)
+        else:
+            ticks = [due]  # the ticks missed are fired once
+        missed = max(0, len(schedule.between(baseline, due, MAX_CATCH_UP)) - 1) if self.last.get(name) else 0
+        for tick in ticks:
+            self._fire(name, tick, missed if socket.catch_up != "all" else 0)
+        self.last[name] = due
+        self._dirty = True
+
+    def _fire(self, name: str, tick: float, missed: int) -> None:
+        node = self.node
+        call_id = tick_id(name, tick)
+        if call_id in node.active or call_id in node.finalizing or node.wal.get(call_id) is not None:
+            return  # fired already (by this node, or a leader before it)
+        socket = node.topology.sockets[name]
+        processor = node.topology.processors[socket.processor]
+        note = f"Tick {_stamp(tick)} of {name}" + (f" (covers {missed} missed tick(s))" if missed else "")
+        record = C.new_record(
+            call_id=call_id, seq=node.wal.next_seq(), owner=node.node_id, node=node.config.name, socket=name,
+            processor=processor.name, function=socket.function, args=b"\x90", kwargs=b"\x80",
+            retries=processor.retries, retry_delay=processor.retry_delay, timelimit=processor.timelimit,
+            via=f"tick {_stamp(tick)}", note=note)
+        record["tick"] = tick
+        if node.mesh.members:  # copies go to the next leaders: whoever fires next knows this tick
+            order = sorted(m.node_id for m in node.mesh.reachable() if not m.draining)
+            record.update(term=0, version=1, replicas=order[: max(0, node.cluster.wanted_replicas() - 1)])
+        node.own(record)
+        node.wal.submit(None, [record])
+        if record.get("replicas"):
+            node.cluster.replicate([record])
+        if node.history is not None:
+            node.history.note(record)
+        self.fired += 1
+        logger.debug("fired %s", note)
+
+    def status(self) -> dict[str, Any]:
+        return {"leader": self.leader(), "fired": self.fired,
+                "sockets": {name: {"last": self.last.get(name)} for name in self._scheduled()}}
