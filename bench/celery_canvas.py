@@ -11,6 +11,7 @@ skipped (``celery_skipped`` says why). Celery is not a dependency of ElasticCode
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -75,6 +76,7 @@ def run(runs: int, pipelines: int, workers: int, durable: bool = False) -> dict[
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     server = worker = None
+    log = open(base / "worker.log", "wb")
     try:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
         server = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base),
@@ -84,22 +86,22 @@ def run(runs: int, pipelines: int, workers: int, durable: bool = False) -> dict[
         env = {**os.environ, "BENCH_REDIS": url, "PYTHONPATH": str(base)}
         worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "benchtasks", "worker", "-c", str(workers),
                                    "--pool", "prefork", "-l", "WARNING", "--without-gossip", "--without-mingle",
-                                   "--without-heartbeat"], cwd=base, env=env, stdout=open(base / "worker.log", "wb"),
+                                   "--without-heartbeat"], cwd=base, env=env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-        os.environ["BENCH_REDIS"] = url
-        sys.path.insert(0, str(base))
-        try:
-            import benchtasks  # type: ignore[import-not-found]
-        finally:
-            sys.path.remove(str(base))
-        result = _measure(benchtasks, runs, pipelines, workers)
+        # the client side runs in a process of its own: Celery keeps its connections per process
+        out = subprocess.run([sys.executable, "-m", "bench.celery_canvas", str(runs), str(pipelines), str(workers)],
+                             env={**env, "PYTHONPATH": os.pathsep.join([str(base), str(Path(__file__).parent.parent)])},
+                             capture_output=True, text=True, timeout=3600)
+        if out.returncode != 0:
+            return {"celery_skipped": f"the Celery run failed: {out.stderr.strip().splitlines()[-1:]}"}
+        result = json.loads(out.stdout.strip().splitlines()[-1])
         result["celery_broker"] = "redis, appendfsync always" if durable else "redis, no persistence"
-        sys.modules.pop("benchtasks", None)
         return {f"{key}_durable" if durable and key != "celery_broker" else key: value
                 for key, value in result.items()}
     finally:
         _stop(worker)
         _stop(server)
+        log.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -145,3 +147,15 @@ def _measure(tasks: Any, runs: int, pipelines: int, workers: int) -> dict[str, A
         "celery_pipeline_calls_per_s": round(3 * pipelines / elapsed, 1),
         "celery_workers": workers,
     }
+
+
+def main() -> None:
+    """The client side, in its own process (``BENCH_REDIS`` and the tasks module on the path)."""
+    import benchtasks  # type: ignore[import-not-found]
+
+    runs, pipelines, workers = (int(arg) for arg in sys.argv[1:4])
+    print(json.dumps(_measure(benchtasks, runs, pipelines, workers)))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,19 +416,23 @@ class Client:
             remaining = longest if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise CallTimeout(f"call {call_id} not finished after {timeout}s", call_id)
-            try:
-                reply = self.poll(call_id, min(remaining, longest))
-            except (CallTimeout, NoDaemon) as exc:     # the daemon may be restarting
-                log.info("waiting for daemon: %s", exc)
-                time.sleep(_RETRY_PAUSE)
-                continue
-            except ServerError as exc:
-                if exc.code != protocol.E_UNAVAILABLE:
-                    raise
-                time.sleep(_RETRY_PAUSE)
-                continue
+            reply = self._patiently(lambda: self.poll(call_id, min(remaining, longest)))
             if isinstance(reply, protocol.Result):
                 return _outcome(reply)
+
+    @staticmethod
+    def _patiently(request: Callable[[], Any]) -> Any:
+        """``request()``, or None (after a short pause) when the daemon is away or restarting:
+        the caller asks again until its own deadline."""
+        try:
+            return request()
+        except (CallTimeout, NoDaemon) as exc:
+            log.info("waiting for daemon: %s", exc)
+        except ServerError as exc:
+            if exc.code != protocol.E_UNAVAILABLE:
+                raise
+        time.sleep(_RETRY_PAUSE)
+        return None
 
     def stream(self, call_id: str, timeout: float | None = None) -> Iterator[Any]:
         """The items a streaming call (a generator) yields, as they come; its failure raises
@@ -444,17 +448,9 @@ class Client:
             if remaining <= 0:
                 raise CallTimeout(f"stream of call {call_id} not finished after {timeout}s", call_id)
             wait = min(remaining, longest)
-            try:
-                reply = self.request(protocol.Stream(call_id=call_id, start=position, wait_ms=int(wait * 1000)),
-                                     wait=wait, resend=True)
-            except (CallTimeout, NoDaemon) as exc:     # the daemon may be restarting
-                log.info("waiting for daemon: %s", exc)
-                time.sleep(_RETRY_PAUSE)
-                continue
-            except ServerError as exc:
-                if exc.code != protocol.E_UNAVAILABLE:
-                    raise
-                time.sleep(_RETRY_PAUSE)
+            msg = protocol.Stream(call_id=call_id, start=position, wait_ms=int(wait * 1000))
+            reply = self._patiently(lambda: self.request(msg, wait=wait, resend=True))
+            if reply is None:
                 continue
             if not isinstance(reply, protocol.Items):
                 raise EcctlError(f"unexpected reply to STREAM: {type(reply).__name__}")

@@ -128,6 +128,13 @@ class Dataflow:
 
     # -- the hook -------------------------------------------------------------------------------
 
+    def sets_off(self, outcome: dict[str, Any]) -> bool:
+        """Could ``outcome`` set anything off (a workflow step, or a socket with plugs)? The
+        common case, a plain call of an unplugged socket, costs this one check."""
+        if self._topology is not self.node.topology:
+            self._index()
+        return bool(outcome.get("flow")) or outcome["socket"] in self._from
+
     def on_final(self, outcome: dict[str, Any]) -> Derived:
         """The records ``outcome`` (a final record about to be written) sets off; its
         ``children`` are set to the ids of the calls it makes or feeds."""

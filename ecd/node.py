@@ -379,10 +379,11 @@ class Node:
         if self.bus.subs:
             self.bus.tick(mono)
         if not self.stopping:
-            try:
-                next_at = min(next_at, mono + self.ticker.tick(now) - now)
-            except Exception:  # a bug there must not stop the node
-                logger.exception("scheduled sockets failed")
+            if self.ticker.due(now):
+                try:
+                    next_at = min(next_at, mono + self.ticker.tick(now) - now)
+                except Exception:  # a bug there must not stop the node
+                    logger.exception("scheduled sockets failed")
             next_at = min(next_at, self.sync.tick(mono))
             if mono >= self._next_register and not self._registering:
                 self._register()
@@ -1043,6 +1044,14 @@ class Node:
         """Write a call's final record, with what it sets off (plug calls, join arguments, the
         next steps of its workflow: :mod:`ecd.dataflow`) in the same commit; it is shown once
         durable here and on its replicas."""
+        if not self.dataflow.sets_off(outcome):  # the common case: nothing more to write
+            if outcome.get("replicas"):
+                outcome["version"] = int(outcome.get("version") or 0) + 1
+            self.finalizing[call_id] = outcome
+            self.wal.submit(("final", [call_id]), [outcome])
+            if outcome.get("replicas"):
+                self.cluster.replicate([outcome], gate="final")
+            return
         derived = self.dataflow.on_final(outcome)
         finals = [outcome, *derived.finals]
         for record in finals:

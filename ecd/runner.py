@@ -178,13 +178,9 @@ def stream(channel: Channel, msgpack: Any, call_id: str, function: str, items: A
     index = 0
     for item in items:
         flush_output()
-        try:
-            value = msgpack.packb(item, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as e:
-            return ["raised", call_id, "TypeError",
-                    f"item {index} of {function} is not serialisable: {safe_str(e)}", traceback.format_exc()]
-        if len(value) > MAX_RESULT:
-            return ["raised", call_id, "ValueError", f"item {index} of {function} is too large ({len(value)} bytes)", ""]
+        value = pack_value(msgpack, item, call_id, f"item {index} of {function}")
+        if isinstance(value, list):
+            return value  # it cannot be sent: the call fails with that
         upto = channel.wait_credit(call_id, index, upto)
         if not upto:
             return ["raised", call_id, "Stopped", "the worker was stopped during the stream", ""]
@@ -220,15 +216,19 @@ def run_call(module: Any, msgpack: Any, msg: list, channel: Channel | None = Non
                 return stream(channel, msgpack, call_id, function, result)
     except BaseException as e:  # noqa: BLE001 - user code may raise anything, even SystemExit
         return ["raised", call_id, type(e).__name__, safe_str(e), traceback.format_exc()]
+    value = pack_value(msgpack, result, call_id, f"result of {function}")
+    return value if isinstance(value, list) else ["done", call_id, value]
+
+
+def pack_value(msgpack: Any, value: Any, call_id: str, what: str) -> bytes | list:
+    """The msgpack of a value to send, or the ``raised`` reply when it cannot be sent."""
     try:
-        value = msgpack.packb(result, use_bin_type=True)
+        packed = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
-        return ["raised", call_id, "TypeError",
-                f"result of {function} is not serialisable: {safe_str(e)}", traceback.format_exc()]
-    if len(value) > MAX_RESULT:
-        return ["raised", call_id, "ValueError",
-                f"result of {function} is too large ({len(value)} bytes)", ""]
-    return ["done", call_id, value]
+        return ["raised", call_id, "TypeError", f"{what} is not serialisable: {safe_str(e)}", traceback.format_exc()]
+    if len(packed) > MAX_RESULT:
+        return ["raised", call_id, "ValueError", f"{what} is too large ({len(packed)} bytes)", ""]
+    return packed
 
 
 def safe_str(e: BaseException) -> str:

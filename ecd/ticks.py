@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,11 +147,16 @@ class Ticker:
             return False
         return all(m.info_at for m in node.mesh.members.values() if m.state != DEAD)
 
+    def due(self, now: float) -> bool:
+        """Is there anything to look at now (a new topology, or the next look's time)?"""
+        return now >= self._next or self.node.topology is not self._topology
+
     def tick(self, now: float) -> float:
         """Fire what is due; returns the wall-clock time to look again."""
         schedules = self._scheduled()
         if not schedules:
-            return now + MAX_SLEEP
+            self._next = now + MAX_SLEEP
+            return self._next
         if now < self._next:
             return self._next
         for member in self.node.mesh.members.values():  # what the others fired

@@ -6,9 +6,12 @@ SQLite topology file, and each joins through node 1. Every node is stopped by it
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ecctl import Client
 from tests.conftest import EcdProcess, processor_view, register_sample
@@ -124,3 +127,18 @@ class MeshNodes:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+@contextlib.contextmanager
+def sample_mesh(prefix: str, venv_dir: Path, repo: str, **options: Any) -> Iterator[MeshNodes]:
+    """Three nodes in one mesh with the example processor running on each; all stopped by their
+    PIDs and their temp dir removed at the end."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    nodes = MeshNodes(base, venv_dir, **options)
+    try:
+        nodes.start()
+        nodes.run_sample(repo)
+        yield nodes
+    finally:
+        nodes.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

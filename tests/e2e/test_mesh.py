@@ -19,7 +19,7 @@ import pytest
 from ecctl import Client
 from tests.conftest import processor_view, run_ecctl
 from tests.e2e.history import ANY, History, check
-from tests.mesh import MeshNodes
+from tests.mesh import MeshNodes, sample_mesh
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,15 +28,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture
 def mesh(venv_cache: Path, sample_repo: str) -> Iterator[MeshNodes]:
     """Three nodes in one mesh with the example processor running on each."""
-    base = Path(tempfile.mkdtemp(prefix="ec-mesh-"))
-    nodes = MeshNodes(base, venv_cache)
-    try:
-        nodes.start()
-        nodes.run_sample(sample_repo)
+    with sample_mesh("ec-mesh-", venv_cache, sample_repo) as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _views(nodes: MeshNodes, i: int) -> dict[str, dict[str, Any]]:

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -16,7 +14,7 @@ import pytest
 
 from ecctl import Client, Function, funnel, parallel, pipeline
 from tests.e2e.test_workflows import model
-from tests.mesh import MeshNodes
+from tests.mesh import MeshNodes, sample_mesh
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,15 +22,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def mesh(venv_cache: Path, sample_repo: str) -> Iterator[MeshNodes]:
-    base = Path(tempfile.mkdtemp(prefix="ec-meshflows-"))
-    nodes = MeshNodes(base, venv_cache)
-    try:
-        nodes.start()
-        nodes.run_sample(sample_repo)
+    with sample_mesh("ec-meshflows-", venv_cache, sample_repo) as nodes:
         yield nodes
-    finally:
-        nodes.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_seed_workflow_runs_on_the_mesh(mesh: MeshNodes) -> None:
@@ -136,3 +127,34 @@ def test_listening_on_one_node_hears_every_node(mesh: MeshNodes) -> None:
     assert {by_call[call.id]["node"] for call in calls} == {"n3", "n2"}
     assert by_call[calls[0].id]["value"] == {"args": ["from n3"], "kwargs": {}}
     thread.join(timeout=30)
+
+
+def test_a_stream_run_on_another_node_reaches_its_reader_with_back_pressure(mesh: MeshNodes, sample_repo: str) -> None:
+    """The processor runs only on n2; the call is owned by n1 (leased to n2): its items come
+    through n1, as they are made, held back by the reader, and the plugs fire per item at n1."""
+    with mesh.client(0, timeout=60) as a:
+        a.add_processor("streamer", sample_repo, "sample.tasks", concurrency=1)
+        a.add_socket("remote.produce", processor="streamer", function="produce", queue="q1")
+        a.add_socket("remote.echo", processor="proc1", function="echo", queue="q1")
+        a.add("deployment", name="streamer-on-n2", processor="streamer", node="n2", cpus=1)
+        a.add("plug", name="remote-per-item", source="remote.produce", target="remote.echo", queue="q1")
+    with mesh.client(1, timeout=60) as b:
+        wait_for(lambda: any(p["name"] == "streamer" and p["status"] == "running"
+                             for p in b.status()["processors"]), 180, what="streamer running on n2")
+    with mesh.client(0, timeout=60) as a:
+        produce = Function("remote.produce", client=a)
+        seen = []
+        for item in produce.stream(40):
+            seen.append((item["i"], item["at"], time.time()))
+            time.sleep(0.02)  # the slow reader under test
+        assert [i for i, _, _ in seen] == list(range(40))
+        received = [got for _, _, got in seen]
+        for i, made, _ in seen:
+            if i >= 17:  # the window (16) plus the item in flight
+                assert made >= received[i - 17], (i, made, received[i - 17])
+        calls = a.ls_calls(rows=5, socket="remote.produce")["calls"]
+        record = a.ls_call(calls[0]["id"], result=True)
+        assert record["node"] == "n1" and record["worker"] == "n2"  # owned by n1, leased to n2
+        assert [x["i"] for x in record["result"]] == list(range(40))
+        assert len(record["children"]) == 40
+        assert a.result(record["children"][39], timeout=30) == {"args": [record["result"][39]], "kwargs": {}}
