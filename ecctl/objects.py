@@ -128,7 +128,7 @@ FIELDS: dict[str, tuple[Opt, ...]] = {
         Opt(("-pn", "--processor"), "processor", "Processor whose module has the function.",
             required=True),
         Opt(("-t", "--task"), "function", "Function in the processor module.", required=True),
-        Opt(("--interval",), "interval", "Call it every S seconds.", _POSITIVE_SECONDS,
+        Opt(("--interval",), "interval", "Call it every S seconds (at least 0.1).", click.FloatRange(min=0.1),
             nullable=True, metavar="S"),
         Opt(("--cron",), "cron", "Call it on a cron schedule (5 fields, or 6 with seconds last).",
             nullable=True, metavar="'MIN HOUR DOM MON DOW'"),

@@ -259,7 +259,11 @@ class AdminHandler:
         if record is not None:
             view = C.public_view(record)
             if args.get("result") and record.get("state") == C.DONE and record.get("result") is not None:
-                view["result"] = protocol.unpack(record["result"])
+                try:
+                    view["result"] = protocol.unpack(record["result"])
+                except protocol.ProtocolError as exc:  # not a plain value (a worker's ext type)
+                    view["result"] = None
+                    view["result_error"] = str(exc)
             self._reply(peer, request_id, view)
             return
         history = self.node.history

@@ -21,6 +21,7 @@ client sent), its ``root`` (the first call of its run) and ``via`` (what made it
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -55,6 +56,11 @@ def kind_of(record: dict[str, Any]) -> str:
 def runnable(record: dict[str, Any]) -> bool:
     """Does this record wait for a worker (a call, or a join with all its arguments)?"""
     return kind_of(record) != FLOW and record.get("state") in (QUEUED, RETRYING, RUNNING)
+
+
+#: Ids of records the daemons make (plug calls, joins, workflow steps, ticks): clients may
+#: not send calls with such ids (they would stand in for the records the daemons make).
+DERIVED_ID_RE = re.compile(r"[pjst]-[0-9a-f]{32}")
 
 
 def derived_id(prefix: str, *parts: str) -> str:

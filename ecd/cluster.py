@@ -144,8 +144,14 @@ def _rendezvous(key: str, nodes: list[str]) -> str:
 
 def record_size(rec: dict[str, Any]) -> int:
     """About how many bytes a record takes in a peer message."""
-    return (len(rec.get("args") or b"") + len(rec.get("kwargs") or b"") + len(rec.get("result") or b"")
+    size = (len(rec.get("args") or b"") + len(rec.get("kwargs") or b"") + len(rec.get("result") or b"")
             + sum(len(str(v)) for v in (rec.get("error") or {}).values()) + 96 * len(rec.get("events") or ()) + 512)
+    kind = rec.get("kind")
+    if kind == C.FLOW:  # its graph and the results of the steps that ended
+        size += int(rec.get("graph_bytes") or 0) + int(rec.get("done_bytes") or 0) + 64 * len(rec.get("done") or ())
+    elif kind == C.JOIN:  # the arguments that arrived
+        size += sum(len(value[0]) + 64 for value in (rec.get("join") or {}).values())
+    return size
 
 
 def chunks(records: list[Any], size: Any = record_size) -> Iterator[list[Any]]:
@@ -663,6 +669,8 @@ class Cluster:
         self.node.active.pop(call_id, None)
         body = {"call_id": call_id, "ok": error is None and not requeue, "value": value or b"",
                 "error": error, "requeue": requeue, "attempt": record.get("lease_attempt")}
+        if record.get("streamed"):
+            body["streamed"] = True  # the value is the list of its items: the owner's plugs fire per item
         self.completions[call_id] = [owner, body, time.monotonic() + COMPLETE_RESEND]
         self.outbox.setdefault(owner, []).append((body, "complete"))
 
@@ -692,6 +700,8 @@ class Cluster:
             self.node.scheduler.discard(record["socket"], call_id)
         error = body.get("error") if isinstance(body.get("error"), dict) else None
         value = body.get("value") if isinstance(body.get("value"), bytes) else b"\xc0"
+        if body.get("streamed") is True:
+            record["streamed"] = True
         self.node.end_remote_attempt(call_id, None if error else value, error)
 
     def _on_completed(self, sender: Member, body: dict[str, Any]) -> None:
@@ -727,7 +737,8 @@ class Cluster:
                 return
 
     def _on_stream_credit(self, sender: Member, body: dict[str, Any]) -> None:
-        """The owner of a streaming call run here lets it go further."""
+        """The owner of a streaming call run here lets it go further (and says how many items
+        it holds: any it lacks are sent again)."""
         found = self.node.streams.on_credit(sender.node_id, body)
         if found is not None:
             record, upto = found

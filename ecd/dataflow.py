@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 #: Most bytes of step results a workflow record keeps; a workflow whose results grow beyond
 #: this fails (its record is rewritten as each step ends).
 MAX_FLOW_RESULTS = 16 << 20
+#: Most bytes of a workflow's graph (its steps and their bound arguments): with its results, a
+#: workflow record fits in one peer message.
+MAX_FLOW_GRAPH = 16 << 20
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Derived:
     records: list[dict[str, Any]] = field(default_factory=list)
     finals: list[dict[str, Any]] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
+    joins: dict[str, dict[str, Any]] = field(default_factory=dict)  # join id -> its record, as it goes
 
     def __bool__(self) -> bool:
         return bool(self.records or self.finals or self.children)
@@ -165,6 +169,9 @@ class Dataflow:
 
     def _fire(self, outcome: dict[str, Any], plugs: list[Any], out: Derived, item: int | None = None,
               value: bytes | None = None) -> None:
+        if item is None and outcome.get("streamed") and outcome["state"] == C.DONE:
+            self._fire_items(outcome, plugs, out)
+            plugs = [plug for plug in plugs if plug.type != "RESULT"]
         done = outcome["state"] == C.DONE
         for plug in plugs:
             if item is not None:  # a streamed item: RESULT plugs fire per item
@@ -172,8 +179,10 @@ class Dataflow:
                     continue
                 payload = value
             elif plug.type == "RESULT":
-                if not done or outcome.get("streamed"):
-                    continue  # a streaming call's plugs fired per item already
+                if not done:
+                    if plug.argument and not outcome.get("streamed"):  # it will never come: the join fails
+                        self._join_fails(outcome, plug, out)
+                    continue
                 payload = outcome.get("result") or b"\xc0"
             elif outcome["state"] == C.FAILED:
                 payload = protocol.pack(self._error_value(outcome))
@@ -186,6 +195,21 @@ class Dataflow:
                     self._plug_call(outcome, plug, payload, out, item)
             except NotFound as exc:  # the target went away between two topology reads
                 logger.warning("plug %s did not fire for call %s: %s", plug.name, outcome["id"], exc)
+
+    def _fire_items(self, outcome: dict[str, Any], plugs: list[Any], out: Derived) -> None:
+        """A streaming call ended: its RESULT plugs fire for every item of its result (the list
+        of its items). Items whose plug calls were made as they came make nothing new (derived
+        ids); any that were not (an item from another node lost on the way) are made now, in the
+        commit of the call's end."""
+        if not any(plug.type == "RESULT" for plug in plugs):
+            return
+        try:
+            items = protocol.split_array(outcome.get("result") or b"\x90")
+        except protocol.ProtocolError as exc:
+            logger.error("streamed call %s: its result is not a list of items (%s); no plug fired", outcome["id"], exc)
+            return
+        for index, value in enumerate(items):
+            self._fire(outcome, plugs, out, item=index, value=value)
 
     @staticmethod
     def _error_value(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -221,13 +245,13 @@ class Dataflow:
         out.children.append(join_id)
         node = self.node
         needs = self._needs.get(plug.target, frozenset({plug.argument}))
-        record = node.active.get(join_id)
+        record = out.joins.get(join_id) or node.active.get(join_id)
         if record is not None and record.get("leased_from"):
             record = None
         new = record is None
         if new:
             if self._exists(join_id):
-                logger.info("argument %s of join %s arrived after the join ran or moved; ignored", plug.argument, join_id)
+                logger.debug("argument %s of join %s arrived after the join ran or moved; ignored", plug.argument, join_id)
                 return
             parent = {**outcome, "run": run}
             record = self._call(join_id, plug.target, b"\x90", b"\x80", parent, "join",
@@ -244,7 +268,7 @@ class Dataflow:
                                join_id, plug.argument, arrived[plug.argument][1], outcome["id"])
             return
         arrived[plug.argument] = [payload, outcome["id"]]
-        record["parents"] = [*record.get("parents", ()), outcome["id"]]
+        record["parents"] = list(dict.fromkeys([*record.get("parents", ()), outcome["id"]]))
         record["parent"] = outcome["id"]
         missing = sorted(needs - set(arrived))
         now = time.time()
@@ -252,12 +276,54 @@ class Dataflow:
             record["events"].append(["arrived", now, f"Argument {plug.argument} from call {outcome['id']}; "
                                                      f"waiting for {', '.join(missing)}"])
         else:
-            record["kwargs"] = protocol.pack({name: protocol.unpack(value) for name, (value, _) in sorted(arrived.items())})
+            record["kwargs"] = protocol.pack_map([(name, value) for name, (value, _) in sorted(arrived.items())])
             C.mark_ready(record, f"Argument {plug.argument} from call {outcome['id']}; all arguments arrived")
             self.joined += 1
-        if not new and "version" in record:
-            record["version"] = int(record.get("version") or 0) + 1
-        out.records.append(record)
+        if join_id not in out.joins:
+            if not new and "version" in record:
+                record["version"] = int(record.get("version") or 0) + 1
+            out.joins[join_id] = record
+            out.records.append(record)
+
+    def _join_fails(self, outcome: dict[str, Any], plug: Any, out: Derived) -> None:
+        """``outcome`` failed, so the argument its RESULT plug names will never arrive for its
+        run: the join of that run fails (in this commit) with an ``UpstreamFailed`` error naming
+        the call, and the ERROR plugs of the join's socket fire for it, as for any failed call."""
+        run = outcome.get("run") or outcome.get("root") or outcome["id"]
+        join_id = C.derived_id("j", plug.target, run)
+        out.children.append(join_id)
+        record = out.joins.get(join_id) or self.node.active.get(join_id)
+        if record is not None and record.get("leased_from"):
+            record = None
+        if record is None:
+            if self._exists(join_id):
+                return  # it ran or failed already
+            try:
+                record = self._call(join_id, plug.target, b"\x90", b"\x80", {**outcome, "run": run}, "join",
+                                    f"Join of {plug.target} for run {run}")
+            except NotFound as exc:
+                logger.warning("plug %s: %s", plug.name, exc)
+                return
+            record.update(kind=C.JOIN, join={}, parents=[], events=record["events"][:1])
+        elif C.kind_of(record) != C.JOIN or record["state"] != C.WAITING:
+            return  # it has all its arguments already, or ended
+        if any(r is record for r in out.records):
+            out.records = [r for r in out.records if r is not record]  # it ends in this commit instead
+        error = outcome.get("error") or {}
+        ended = {**record, "events": list(record["events"]), "parent": outcome["id"],
+                 "parents": [*record.get("parents", ()), outcome["id"]]}
+        C.mark_failed(ended, C.error_dict(
+            "UpstreamFailed", f"argument {plug.argument} will not arrive: call {outcome['id']} ({outcome['socket']}) "
+                              f"failed: {error.get('type', 'Error')}: {error.get('message', '')}"))
+        out.joins[join_id] = ended
+        out.finals.append(ended)
+        plugs = self.plugs_from(ended["socket"])
+        if plugs:  # what the join's own failure sets off (sharing this commit's joins)
+            sub = Derived(joins=out.joins)
+            self._fire(ended, plugs, sub)
+            ended["children"] = list(dict.fromkeys(sub.children))
+            out.records.extend(sub.records)
+            out.finals.extend(sub.finals)
 
     # -- workflows ------------------------------------------------------------------------------
 
@@ -266,6 +332,10 @@ class Dataflow:
         one commit). NotFound for a step of an unknown socket, InvalidName for a bad graph."""
         node = self.node
         graph = W.normalize(graph)
+        graph_bytes = len(protocol.pack(graph))
+        if graph_bytes > MAX_FLOW_GRAPH:
+            raise InvalidName(f"the workflow is {graph_bytes} bytes (its steps and their arguments); "
+                              f"at most {MAX_FLOW_GRAPH} bytes fit in one")
         for path, step in W.steps(graph):
             if step[W.STEP] not in node.topology.sockets:
                 raise NotFound(f"unknown socket '{step[W.STEP]}' (workflow step {path or 'root'})")
@@ -274,7 +344,7 @@ class Dataflow:
             call_id=flow_id, seq=node.wal.next_seq(), owner=node.node_id, node=node.config.name,
             socket=f"workflow:{label}", processor="", function=label, args=args, kwargs=kwargs,
             retries=0, retry_delay=0.0, timelimit=None, note=f"Received workflow ({label})")
-        flow.update(kind=C.FLOW, graph=graph, done={}, done_bytes=0)
+        flow.update(kind=C.FLOW, graph=graph, graph_bytes=graph_bytes, done={}, done_bytes=0)
         node.place(flow)
         first = W.first_steps(graph, "")
         C.mark_started(flow, f"Workflow started: {len(first)} first step(s)")
@@ -332,7 +402,7 @@ class Dataflow:
                 return
             if starts:
                 given = [protocol.unpack(W.value(graph, flow["done"], input_path))]
-                out.records.extend(self._step(flow, outcome, p, step, given) for p, step in starts)
+                out.records.extend([self._step(flow, outcome, p, step, given) for p, step in starts])
         except NotFound as exc:  # a later step's socket was deleted while the workflow ran
             self._fail_flow(flow, {**outcome, "error": C.error_dict("SocketRemoved", exc.message)}, out)
             return

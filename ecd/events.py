@@ -140,9 +140,11 @@ class Bus:
                                  "ok": record.get("state") == C.DONE}
         if record.get("state") == C.DONE:
             value = record.get("result") or b"\xc0"
-            if len(value) <= MAX_VALUE_BYTES:
+            try:
+                if len(value) > MAX_VALUE_BYTES:
+                    raise protocol.ProtocolError(f"{len(value)} bytes, over {MAX_VALUE_BYTES}")
                 event["value"] = protocol.unpack(value)
-            else:
+            except protocol.ProtocolError:  # too large to pass on, or not a plain value
                 event["value_bytes"] = len(value)
         else:
             error = record.get("error") or {}

@@ -154,6 +154,10 @@ def _check_float(value: Any, what: str, lo: float, positive: bool = False, optio
     return float(value)
 
 
+#: Shortest interval of a scheduled socket, in seconds.
+MIN_INTERVAL = 0.1
+
+
 def _check_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidName(f"invalid {what} {value!r}: expected true or false")
@@ -247,7 +251,7 @@ FIELDS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "processor": (_ref("processor"), _REQUIRED),
         "function": (lambda v: _check_ident(v, "function"), _REQUIRED),
         "queue": (_ref("queue"), _REQUIRED),
-        "interval": (lambda v: _check_float(v, "interval", 0.0, positive=True, optional=True), None),
+        "interval": (lambda v: _check_float(v, "interval", MIN_INTERVAL, optional=True), None),
         "cron": (_check_cron, None),
         "description": (_description, None),
         "catch_up": (lambda v: _check_choice(v, "catch_up", CATCH_UP), "once"),

@@ -37,7 +37,7 @@ from .dataflow import Dataflow
 from .events import Bus
 from .provenance import Provenance
 from .ticks import Ticker
-from .errors import ConfigError, EcdError, NodeUnavailable, NotFound, PeerUnreachable, RepoError, WorkerError
+from .errors import ConfigError, EcdError, InvalidName, NodeUnavailable, NotFound, PeerUnreachable, RepoError, WorkerError
 from .exporter import HistoryExporter
 from .history import HistoryStore
 from .mesh import Mesh
@@ -85,6 +85,8 @@ PREFETCH = 4
 WORKER_STOP_GRACE = 2.0
 #: Seconds between the node's registrations (heartbeats) in the topology's node table.
 REGISTER_EVERY = 10.0
+#: Refusal of a client's call id that has the form of an id the daemons make.
+RESERVED_ID = "call id '{}' is reserved (ids of the form p-, j-, s- or t- and 32 hex digits name calls the daemons make)"
 
 
 class _Batch:
@@ -336,6 +338,8 @@ class Node:
             if call_id in self.finalizing:
                 finals, extra = self.final_extra.get(call_id, ([], []))
                 finals = [self.finalizing[call_id], *(f for f in finals if f["id"] in self.finalizing)]
+                # what it set off, as it is now; a record that ended since is durable already
+                extra = [r for r in (self.finalizing.get(x["id"]) or self.active.get(x["id"]) for x in extra) if r]
                 self.wal.submit(("final", [f["id"] for f in finals]), [*finals, *extra])
         if self.final_retries:
             next_at = min(next_at, self.final_retries[0][0])
@@ -381,9 +385,10 @@ class Node:
         if not self.stopping:
             if self.ticker.due(now):
                 try:
-                    next_at = min(next_at, mono + self.ticker.tick(now) - now)
+                    self.ticker.tick(now)
                 except Exception:  # a bug there must not stop the node
                     logger.exception("scheduled sockets failed")
+            next_at = min(next_at, mono + max(0.0, self.ticker.next_look - now))
             next_at = min(next_at, self.sync.tick(mono))
             if mono >= self._next_register and not self._registering:
                 self._register()
@@ -493,6 +498,8 @@ class Node:
         stored = self.wal.get(call_id)
         if stored is not None:
             return "stored", stored
+        if C.DERIVED_ID_RE.fullmatch(call_id):
+            return "refused", (protocol.E_INVALID, RESERVED_ID.format(call_id))
         refusal = self.cluster.can_accept() if self.mesh.enabled else ""
         if refusal:
             return "refused", (protocol.E_UNAVAILABLE, refusal)
@@ -583,6 +590,8 @@ class Node:
             if stored is not None:
                 self._answer_known(peer, msg.request_id, flow_id, "stored", stored)
                 return
+            if C.DERIVED_ID_RE.fullmatch(flow_id):
+                raise InvalidName(RESERVED_ID.format(flow_id))
             refusal = self.cluster.can_accept() if self.mesh.enabled else ""
             if refusal:
                 raise NodeUnavailable(refusal)
@@ -765,6 +774,8 @@ class Node:
             elif kind == "synced" and error is None:
                 for call_id in ids:
                     self.deliver_stored_result(call_id)
+            elif kind == "tick":
+                self.ticker.committed(ids, error)
         # Accepts after finals: a call whose result became durable in the same commit (a fast call and
         # a lingering accept) gets its result inside ACCEPTED, and its client needs no GET.
         for token, error in drained:
@@ -1158,10 +1169,12 @@ class Node:
             if self.history is not None:
                 self.history.note(child)
 
-    def grant(self, record: dict[str, Any], runner: str, attempt: int, upto: int) -> None:
-        """Let the producer of a streaming call send items up to ``upto``."""
+    def grant(self, record: dict[str, Any], runner: str, attempt: int, upto: int, have: int = 0) -> None:
+        """Let the producer of a streaming call send items up to ``upto`` (``have``: the items
+        this node holds, for a producer on another node)."""
         if runner:
-            self.mesh.send(runner, protocol.STREAM_CREDIT, {"call_id": record["id"], "attempt": attempt, "upto": upto})
+            self.mesh.send(runner, protocol.STREAM_CREDIT,
+                           {"call_id": record["id"], "attempt": attempt, "upto": upto, "have": have})
             return
         entry = self.running.get(record["id"])
         if entry is None:

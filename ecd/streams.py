@@ -22,7 +22,6 @@ not sent again).
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,15 +45,9 @@ MAX_STREAM_BYTES = protocol.MAX_MESSAGE_BYTES - 64 * 1024
 MAX_ITEMS_BYTES = 16 << 20
 #: Longest a STREAM is held before an empty ITEMS (clients ask again).
 MAX_WAIT = 30.0
-
-
-def array_header(n: int) -> bytes:
-    """The msgpack header of an array of ``n`` values (the spec's fixarray / array 16 / 32)."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 1 << 16:
-        return b"\xdc" + struct.pack(">H", n)
-    return b"\xdd" + struct.pack(">I", n)
+#: Seconds without an item from a stream run on another node before its credit is sent again
+#: (a lost STREAMED or STREAM_CREDIT; the runner then sends again the items the owner lacks).
+CREDIT_RESEND = 1.0
 
 
 @dataclass
@@ -66,6 +59,7 @@ class _Stream:
     size: int = 0
     granted: int = 1  # the producer sends its first item unasked
     readers: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # identity -> (position, seen)
+    heard: float = field(default_factory=time.monotonic)  # last item or credit (streams run elsewhere)
 
 
 @dataclass
@@ -128,6 +122,7 @@ class Streams:
         if stream.size > MAX_STREAM_BYTES:
             return f"the items streamed are more than {MAX_STREAM_BYTES} bytes"
         stream.items.append(value)
+        stream.heard = time.monotonic()
         self.items += 1
         record["streamed"] = True
         self.node.fire_item(record, index, value)
@@ -139,15 +134,16 @@ class Streams:
         """The result of a stream that ended: the list of its items (msgpack)."""
         stream = self.streams.get(call_id)
         items = stream.items if stream is not None else []
-        return array_header(len(items)) + b"".join(items)
+        return protocol.pack_array(items)
 
     def ended(self, call_id: str) -> None:
         """The call's final record is durable: readers now read it."""
         self.streams.pop(call_id, None)
         self._answer(call_id)
 
-    def regrant(self, stream: _Stream, mono: float | None = None) -> None:
-        """Give the producer more credit if its readers and the queues it feeds allow."""
+    def regrant(self, stream: _Stream, mono: float | None = None, again: bool = False) -> None:
+        """Give the producer more credit if its readers and the queues it feeds allow (with
+        ``again``, send the current credit even if it did not grow)."""
         mono = time.monotonic() if mono is None else mono
         record = self.node.active.get(stream.call_id)
         if record is None:
@@ -159,15 +155,17 @@ class Streams:
         room = self.node.plug_room(record["socket"])
         if room is not None:
             upto = min(upto, len(stream.items) + min(room, WINDOW))
-        if upto <= stream.granted:
+        if upto <= stream.granted and not again:
             return
-        stream.granted = upto
-        self.node.grant(record, stream.runner, stream.attempt, upto)
+        stream.granted = max(upto, stream.granted)
+        stream.heard = mono
+        self.node.grant(record, stream.runner, stream.attempt, stream.granted, have=len(stream.items))
 
     def tick(self, mono: float) -> None:
         """Grants held back by a queue that drained or a reader that left; waits that ran out."""
         for stream in list(self.streams.values()):
-            self.regrant(stream, mono)
+            stalled = bool(stream.runner) and len(stream.items) < stream.granted and mono - stream.heard > CREDIT_RESEND
+            self.regrant(stream, mono, again=stalled and self._runs_for_us(stream))
         for call_id, waits in list(self.reads.items()):
             due = [w for w in waits if w.deadline <= mono]
             if due:
@@ -176,6 +174,10 @@ class Streams:
                     self._reply(wait, call_id, force=True)
                 if not self.reads[call_id]:
                     del self.reads[call_id]
+
+    def _runs_for_us(self, stream: _Stream) -> bool:
+        record = self.node.active.get(stream.call_id)
+        return record is not None and record.get("state") == C.RUNNING and stream.call_id not in self.node.finalizing
 
     # -- relays (runner side) -------------------------------------------------------------------
 
@@ -191,25 +193,43 @@ class Streams:
         if relay.size > MAX_STREAM_BYTES:
             return f"the items streamed are more than {MAX_STREAM_BYTES} bytes"
         relay.items.append(value)
-        self.node.mesh.send(relay.owner, protocol.STREAMED,
-                            {"call_id": record["id"], "attempt": attempt, "start": index, "items": [value]})
+        self._send_items(record["id"], relay, index)
         return ""
 
     def relay_result(self, call_id: str) -> bytes:
         relay = self.relays.pop(call_id, None)
         items = relay.items if relay is not None else []
-        return array_header(len(items)) + b"".join(items)
+        return protocol.pack_array(items)
 
     def on_credit(self, sender: str, body: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
-        """STREAM_CREDIT from an owner: the call and the bound to pass to its worker here."""
-        call_id, attempt, upto = body.get("call_id"), body.get("attempt"), body.get("upto")
+        """STREAM_CREDIT from an owner: the items it lacks (``have`` says how many it holds) are
+        sent again; returns the call and the bound to pass to its worker here, if it grew."""
+        call_id, attempt, upto, have = body.get("call_id"), body.get("attempt"), body.get("upto"), body.get("have")
         relay = self.relays.get(call_id) if isinstance(call_id, str) else None
         record = self.node.active.get(call_id) if isinstance(call_id, str) else None
         if relay is None or record is None or relay.owner != sender or relay.attempt != attempt \
-                or not isinstance(upto, int) or upto <= relay.granted:
+                or not isinstance(upto, int) or isinstance(upto, bool):
+            return None
+        if isinstance(have, int) and not isinstance(have, bool) and 0 <= have < len(relay.items):
+            self._send_items(record["id"], relay, have)
+        if upto <= relay.granted:
             return None
         relay.granted = upto
         return record, upto
+
+    def _send_items(self, call_id: str, relay: _Relay, start: int) -> None:
+        """Items from ``start`` on to the owner, in messages of at most MAX_ITEMS_BYTES."""
+        while start < len(relay.items):
+            chunk, size = [], 0
+            for value in relay.items[start:start + protocol.MAX_ITEMS]:
+                if chunk and size + len(value) > MAX_ITEMS_BYTES:
+                    break
+                chunk.append(value)
+                size += len(value)
+            if not self.node.mesh.send(relay.owner, protocol.STREAMED,
+                                       {"call_id": call_id, "attempt": relay.attempt, "start": start, "items": chunk}):
+                return  # not connected: the owner asks again
+            start += len(chunk)
 
     # -- readers --------------------------------------------------------------------------------
 

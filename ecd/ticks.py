@@ -5,10 +5,13 @@ at every tick, exactly once in the whole mesh however many nodes host it.
   the UNIX epoch, a cron's come from croniter (5 fields, or 6 with seconds last). A tick's call
   has an id derived from (socket, tick time): ``t-hash``; whoever makes it, it is one call.
 * **One node fires.** The *leader* is the live, non-draining node with the smallest node id
-  (any single node is its own leader). Only the leader makes tick calls; the others learn from
-  its heartbeats (``ticks``: socket -> last tick fired) and take over at its death. Tick calls
-  are replicated to the nodes next in line, so a new leader holds the calls of the ticks its
-  predecessor fired and never fires them again.
+  that sees a strict majority of the mesh (any single node is its own leader; a node cut off
+  in a minority fires nothing, so a partition never fires a tick on both sides). Only the
+  leader makes tick calls; the others learn from its heartbeats (``ticks``: socket -> last tick
+  fired) and take over at its death. Tick calls are replicated to the nodes next in line, so a
+  new leader holds the calls of the ticks its predecessor fired and never fires them again.
+* **Durable first.** A tick counts as fired (``last``, saved and gossiped) only once its call
+  is durable in the log: a crash in between leaves the tick to fire again, never lost.
 * **Catch-up.** After downtime (no node ran, or no leader) a socket's missed ticks fire *once*:
   one call, for the latest tick due. With ``catch_up = "all"``, one call per missed tick (at most
   :data:`MAX_CATCH_UP`). Ticks from before the socket was made never fire.
@@ -91,7 +94,8 @@ class Ticker:
     def __init__(self, node: "Node", path: Path) -> None:
         self.node = node
         self.path = Path(path)
-        self.last: dict[str, float] = self._load()
+        self.last: dict[str, float] = self._load()  # socket -> last tick whose call is durable
+        self.pending: dict[str, float] = {}  # socket -> last tick fired, its call not yet durable
         self.fired = 0
         self._schedules: dict[str, tuple[Any, Schedule]] = {}
         self._topology: Any = None
@@ -137,7 +141,8 @@ class Ticker:
         if node.cluster.draining or node.stopping:
             return False
         members = node.mesh.members.values()
-        return all(m.node_id > node.node_id for m in members if m.state != DEAD and not m.draining)
+        return node.mesh.has_quorum() and all(
+            m.node_id > node.node_id for m in members if m.state != DEAD and not m.draining)
 
     def _ready(self) -> bool:
         """In a mesh, fire only once every live member was heard (its last ticks are known) and
@@ -151,18 +156,22 @@ class Ticker:
         """Is there anything to look at now (a new topology, or the next look's time)?"""
         return now >= self._next or self.node.topology is not self._topology
 
+    @property
+    def next_look(self) -> float:
+        """The wall-clock time of the next look."""
+        return self._next
+
     def tick(self, now: float) -> float:
         """Fire what is due; returns the wall-clock time to look again."""
+        self._next = now + MAX_SLEEP  # whatever happens below, look again then (never in a tight loop)
         schedules = self._scheduled()
         if not schedules:
-            self._next = now + MAX_SLEEP
-            return self._next
-        if now < self._next:
             return self._next
         for member in self.node.mesh.members.values():  # what the others fired
-            for name, last in (member.info.get("ticks") or {}).items():
-                if name in schedules and last > self.last.get(name, 0.0):
-                    self.last[name] = last
+            ticks = member.info.get("ticks")
+            for name, last in (ticks.items() if isinstance(ticks, dict) else ()):
+                if name in schedules and isinstance(last, (int, float)) and last > self.last.get(name, 0.0):
+                    self.last[name] = float(last)
                     self._dirty = True
         wake = now + MAX_SLEEP
         if self.leader() and self._ready():
@@ -170,8 +179,8 @@ class Ticker:
                 try:
                     self._fire_due(name, socket, schedule, now)
                     wake = min(wake, schedule.next(now))
-                except (ValueError, KeyError) as exc:  # a cron croniter cannot step through
-                    logger.error("scheduled socket %s: %s", name, exc)
+                except Exception:  # noqa: BLE001 - one bad schedule must not stop the others
+                    logger.exception("scheduled socket %s", name)
         if self._dirty:
             self._save()
         self._next = max(wake, now + 0.001)
@@ -179,24 +188,44 @@ class Ticker:
 
     def _fire_due(self, name: str, socket: Any, schedule: Schedule, now: float) -> None:
         due = schedule.latest(now)
-        baseline = max(self.last.get(name, 0.0), float(getattr(socket, "created", 0.0) or 0.0))
+        last = max(self.last.get(name, 0.0), self.pending.get(name, 0.0))
+        baseline = max(last, float(getattr(socket, "created", 0.0) or 0.0))
         if due <= baseline:
             return
-        if socket.catch_up == "all" and self.last.get(name):
-            ticks = schedule.between(baseline, due, MAX_CATCH_UP)
-        else:
-            ticks = [due]  # the ticks missed are fired once
-        missed = max(0, len(schedule.between(baseline, due, MAX_CATCH_UP)) - 1) if self.last.get(name) else 0
-        for tick in ticks:
-            self._fire(name, tick, missed if socket.catch_up != "all" else 0)
-        self.last[name] = due
-        self._dirty = True
+        between = schedule.between(baseline, due, MAX_CATCH_UP) if last else []
+        ticks = between if socket.catch_up == "all" and last else [due]  # missed ticks fire once
+        missed = max(0, len(between) - 1) if socket.catch_up != "all" else 0
+        records = [r for r in (self._make(name, tick, missed) for tick in ticks) if r is not None]
+        self.pending[name] = due
+        node = self.node
+        for record in records:
+            node.own(record)
+        node.wal.submit(("tick", [(name, due)]), records)
+        for record in records:
+            if node.history is not None:
+                node.history.note(record)
+        replicated = [record for record in records if record.get("replicas")]
+        if replicated:
+            node.cluster.replicate(replicated)
+        self.fired += len(records)
 
-    def _fire(self, name: str, tick: float, missed: int) -> None:
+    def committed(self, ticks: list[tuple[str, float]], error: BaseException | None) -> None:
+        """The calls of these ticks are durable (or, with ``error``, not: they fire again)."""
+        for name, due in ticks:
+            if self.pending.get(name) == due:
+                del self.pending[name]
+            if error is None and due > self.last.get(name, 0.0):
+                self.last[name] = due
+                self._dirty = True
+        if self._dirty:
+            self._save()
+
+    def _make(self, name: str, tick: float, missed: int) -> dict[str, Any] | None:
+        """The call of a tick, or None if it exists (fired by this node, or a leader before it)."""
         node = self.node
         call_id = tick_id(name, tick)
         if call_id in node.active or call_id in node.finalizing or node.wal.get(call_id) is not None:
-            return  # fired already (by this node, or a leader before it)
+            return None
         socket = node.topology.sockets[name]
         processor = node.topology.processors[socket.processor]
         note = f"Tick {_stamp(tick)} of {name}" + (f" (covers {missed} missed tick(s))" if missed else "")
@@ -209,14 +238,8 @@ class Ticker:
         if node.mesh.members:  # copies go to the next leaders: whoever fires next knows this tick
             order = sorted(m.node_id for m in node.mesh.reachable() if not m.draining)
             record.update(term=0, version=1, replicas=order[: max(0, node.cluster.wanted_replicas() - 1)])
-        node.own(record)
-        node.wal.submit(None, [record])
-        if record.get("replicas"):
-            node.cluster.replicate([record])
-        if node.history is not None:
-            node.history.note(record)
-        self.fired += 1
         logger.debug("fired %s", note)
+        return record
 
     def status(self) -> dict[str, Any]:
         return {"leader": self.leader(), "fired": self.fired,

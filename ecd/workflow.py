@@ -125,8 +125,7 @@ def value(graph: dict[str, Any], done: dict[str, bytes], path: str = "") -> byte
         return done[path]
     if name == PIPELINE:
         return value(graph, done, _child(path, len(node[PIPELINE]) - 1))
-    members = [protocol.unpack(value(graph, done, _child(path, i))) for i in range(len(node[PARALLEL]))]
-    return protocol.pack(members)
+    return protocol.pack_array([value(graph, done, _child(path, i)) for i in range(len(node[PARALLEL]))])
 
 
 def advance(graph: dict[str, Any], done: dict[str, bytes], path: str) -> tuple[list[Step], bytes | None, str]:

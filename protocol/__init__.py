@@ -3,7 +3,7 @@
 The authority is protocol/SPEC.md. This package imports only the standard library and msgpack.
 """
 
-from .codec import decode, encode, error_reply, pack, unpack
+from .codec import decode, encode, error_reply, pack, pack_array, pack_map, split_array, unpack
 from .constants import (
     PEER_COMMAND_NAMES, HELLO, WELCOME, HEARTBEAT, REPLICATE, REPLICATED, CREDIT, LEASE, COMPLETE,
     COMPLETED, TAKEOVER, HANDOFF, HANDED, SYNC, SYNCED, FIND, FOUND, DRAIN, SUBSCRIBE, EVENT,
@@ -29,7 +29,7 @@ __all__ = [
     "PeerMessage",
     "Message", "MESSAGE_TYPES", "REQUEST_TYPES",
     # codec
-    "encode", "decode", "pack", "unpack", "error_reply",
+    "encode", "decode", "pack", "unpack", "error_reply", "pack_array", "pack_map", "split_array",
     # errors
     "ProtocolError", "UnsupportedVersion",
     # versions and framing

@@ -111,6 +111,42 @@ def unpack(data: bytes) -> Any:
         raise ProtocolError(f"bad msgpack payload: {_why(e)}", data=data) from e
 
 
+def pack_array(values: Sequence[bytes]) -> bytes:
+    """A msgpack array of values that are msgpack already (each is copied, never decoded)."""
+    return _header(len(values), 0x90, b"\xdc", b"\xdd") + b"".join(values)
+
+
+def pack_map(entries: Sequence[tuple[str, bytes]]) -> bytes:
+    """A msgpack map of str keys to values that are msgpack already (never decoded)."""
+    return _header(len(entries), 0x80, b"\xde", b"\xdf") + b"".join(_packb(k) + v for k, v in entries)
+
+
+def _header(n: int, fix: int, sixteen: bytes, thirty_two: bytes) -> bytes:
+    if n < 16:
+        return bytes((fix | n,))
+    if n < 1 << 16:
+        return sixteen + n.to_bytes(2, "big")
+    return thirty_two + n.to_bytes(4, "big")
+
+
+def split_array(data: bytes) -> list[bytes]:
+    """The msgpack of each value of a msgpack array, as bytes (not decoded); ProtocolError when
+    ``data`` is not exactly one array."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        count = unpacker.read_array_header()
+        bounds = [unpacker.tell()]
+        for _ in range(count):
+            unpacker.skip()
+            bounds.append(unpacker.tell())
+    except Exception as e:
+        raise ProtocolError(f"bad msgpack array: {_why(e)}", data=data[:64]) from e
+    if bounds[-1] != len(data):
+        raise ProtocolError("bad msgpack array: trailing bytes after the value", data=data[:64])
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, _Invalid):
         return str(e)

@@ -124,6 +124,16 @@ class MeshNodes:
                       or "Traceback" in line or "Error" in line or "failed" in line][-25:]
         return "\n".join(lines)
 
+    def fired_ticks(self, socket: str) -> list[str]:
+        """Every "fired Tick <time> of <socket>" line of every node's log: who fired which tick
+        (a tick fired by two nodes shows twice)."""
+        lines = []
+        for node in self.nodes:
+            text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
+            lines += [line.split("fired Tick ", 1)[1].split(" ")[0] for line in text.splitlines()
+                      if "fired Tick " in line and line.split(" of ")[-1].split(" ")[0] == socket]
+        return lines
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ecctl import Client, Function, RemoteError
+from ecctl import Client, Function, RemoteError, ServerError
 from tests.conftest import EcdProcess, processor_view, register_sample, run_ecctl, sample_node_for_module
 from tests.waiting import wait_for
 
@@ -163,6 +163,59 @@ def test_a_join_runs_once_both_arguments_of_the_run_arrived(flow_node: EcdProces
         result = _settled(client, joins.pop())
         assert result["result"] == f"Do this: Do something: {word}" * 2  # one + two, of this run only
         assert result["kind"] == "join" and result["state"] == "done"
+
+
+def test_one_result_can_feed_both_arguments_of_a_join(client: Client) -> None:
+    source, join = _socket(client, "do_something"), _socket(client, "add_two")
+    _plug(client, source, join, argument="one")
+    _plug(client, source, join, argument="two")
+    run = Function(source, client=client)("z")
+    run.get(30)
+    [joined] = _children(client, run.id)
+    result = _settled(client, joined["id"])
+    assert (result["kind"], result["state"]) == ("join", "done")
+    assert result["result"] == "Do something: z" * 2
+    assert result["parents"] == [run.id]
+
+
+def test_a_failed_upstream_fails_the_join_of_its_run(client: Client) -> None:
+    """``fail`` would deliver argument two: it fails, so the join fails (no wait for ever) with
+    an error naming the failed call, and the join socket's ERROR plug fires for it."""
+    source, ok, failing = _socket(client, "do_something"), _socket(client, "do_this"), _socket(client, "fail")
+    join, alarm = _socket(client, "add_two"), _socket(client, "echo")
+    _plug(client, source, ok)
+    _plug(client, source, failing)
+    _plug(client, ok, join, argument="one")
+    _plug(client, failing, join, argument="two")
+    _plug(client, join, alarm, type="ERROR")
+    run = Function(source, client=client)("w")
+    run.get(30)
+    branches = {c["socket"]: c for c in _children(client, run.id)}
+    failed_id = branches[failing]["id"]
+    assert branches[failing]["state"] == "failed"
+    [joined] = [c for c in _children(client, failed_id) if c["socket"] == join]
+    joined = _settled(client, joined["id"])
+    assert (joined["kind"], joined["state"], joined["error"]["type"]) == ("join", "failed", "UpstreamFailed")
+    assert f"argument two will not arrive: call {failed_id}" in joined["error"]["message"]
+    assert "ValueError: Do something: w" in joined["error"]["message"]
+    with pytest.raises(RemoteError, match="UpstreamFailed"):
+        client.result(joined["id"], timeout=10)
+    [fired] = _children(client, joined["id"])
+    assert fired["socket"] == alarm
+    [error] = fired["result"]["args"]
+    assert (error["type"], error["call_id"]) == ("UpstreamFailed", joined["id"])
+    # the other argument arrives too (or already did): the failed join stays failed, runs never
+    wait_for(lambda: _settled(client, branches[ok]["id"])["state"] == "done", 30, what="the ok branch")
+    assert _settled(client, joined["id"])["state"] == "failed" and client.ls_call(joined["id"])["attempts"] == 0
+
+
+def test_ids_of_the_kind_the_daemons_make_are_refused(client: Client) -> None:
+    for call_id in ("p-" + "0" * 32, "j-" + "ab" * 16, "s-" + "f" * 32, "t-" + "1" * 32):
+        with pytest.raises(ServerError, match="is reserved"):
+            client.call("sample.tasks.echo", 1, call_id=call_id)
+    with pytest.raises(ServerError, match="is reserved"):
+        client.submit_flow({"call": "sample.tasks.echo", "args": b"\x90", "kwargs": b"\x80"}, flow_id="s-" + "0" * 32)
+    assert client.call("sample.tasks.echo", 1, call_id="p-" + "0" * 31).get(30) == {"args": [1], "kwargs": {}}
 
 
 def test_join_arguments_arriving_apart_and_across_a_restart(ecd_factory: Any, sample_repo: str) -> None:

@@ -66,16 +66,6 @@ def _tick_times(client: Client, socket: str) -> list[tuple[float, str]]:
                   for c in calls if c.get("via"))
 
 
-def _fired(mesh: MeshNodes, socket: str) -> list[str]:
-    """Every "fired Tick <time> of <socket>" line of every node's log: who fired which tick."""
-    lines = []
-    for node in mesh.nodes:
-        text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
-        lines += [line.split("fired Tick ", 1)[1].split(" ")[0] for line in text.splitlines()
-                  if "fired Tick " in line and line.split(" of ")[-1].split(" ")[0] == socket]
-    return lines
-
-
 def test_a_cron_socket_on_every_node_fires_once_per_tick(mesh: MeshNodes) -> None:
     with mesh.client(0, timeout=60) as a:
         a.add_socket("mesh.cron", processor="proc1", function="noop", queue="q1")
@@ -93,7 +83,7 @@ def test_a_cron_socket_on_every_node_fires_once_per_tick(mesh: MeshNodes) -> Non
     mesh.nodes[leader].start()
     mesh.wait_formed()
     times = [t for t, _ in ticks]
-    fired = _fired(mesh, "mesh.cron")
+    fired = mesh.fired_ticks("mesh.cron")
     assert len(fired) == len(set(fired)), "a tick was fired by two nodes"
     assert len(fired) >= len(times) and len(times) == len(set(times))
     assert all(float(t).is_integer() for t in times)

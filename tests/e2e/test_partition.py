@@ -118,12 +118,22 @@ def test_an_isolated_node_rejoins_without_losing_or_doubling_results(
     over; n1 alone has no majority and takes nothing over, but keeps serving its own calls. After
     the link is back, every acknowledged call has one result, the same on every node."""
     lab, nodes = lab_mesh
+    with nodes.client(1, timeout=60) as b:  # a scheduled socket: fired on one side only
+        b.add_socket("part.tick", processor="proc1", function="noop", queue="q1")
+        b.update("socket", "part.tick", interval=0.5)
+    wait_for(lambda: len(nodes.fired_ticks("part.tick")) >= 2, 30, what="ticks before the partition")
     queued = _submit(nodes, 0, 24, seconds=0.5)  # a backlog on n1 (2 CPUs)
     lab.isolate(0)
     wait_for(lambda: nodes.states(1).get("n1") == "dead", 30, what="n1 dead as seen from n2")
     wait_for(lambda: sum(nodes.status(i)["replication"]["taken_over"] for i in (1, 2)) > 0, 30,
              what="n1's calls taken over")
     assert nodes.status(0)["replication"]["taken_over"] == 0  # no majority: n1 takes nothing over
+    wait_for(lambda: {s for n, s in nodes.states(0).items() if n != "n1"} == {"dead"}, 30,
+             what="n2 and n3 dead as seen from n1")
+    assert not nodes.status(0)["ticks"]["leader"]  # no majority: n1 fires no ticks either
+    assert sum(1 for i in (1, 2) if nodes.status(i)["ticks"]["leader"]) == 1
+    fired = len(nodes.fired_ticks("part.tick"))
+    wait_for(lambda: len(nodes.fired_ticks("part.tick")) >= fired + 3, 30, what="the majority firing ticks")
     alone = _submit(nodes, 0, 10)  # accepted with the copies n1 can make: only its own
     assert nodes.status(0)["replication"]["degraded"] is True
     majority = _submit(nodes, 1, 20)
@@ -134,3 +144,5 @@ def test_an_isolated_node_rejoins_without_losing_or_doubling_results(
     assert len(set(results.values())) == len(ids)
     with Client(nodes.all_endpoints(ipc=True), timeout=60) as client:
         assert all(client.ls_call(cid)["state"] == "done" for cid in ids)
+    ticks = nodes.fired_ticks("part.tick")
+    assert len(ticks) == len(set(ticks)), "a tick was fired on both sides of the partition"

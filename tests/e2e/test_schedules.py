@@ -72,6 +72,10 @@ def test_a_cron_socket_follows_its_expression(ecd_factory: Any, sample_repo: str
         c.add_socket("cron.noop", processor="proc1", function="noop", queue="q1")
         with pytest.raises(ServerError, match="invalid cron"):
             c.update("socket", "cron.noop", cron="61 * * * *")
+        with pytest.raises(ServerError, match="invalid interval 0.05"):  # at least 0.1 s
+            c.update("socket", "cron.noop", interval=0.05)
+        out = run_ecctl(node.endpoint, "update", "socket", "-n", "cron.noop", "--interval", "1e-300")
+        assert out.returncode == 2 and "--interval" in out.stderr.decode()
         with pytest.raises(ServerError, match="mutually exclusive"):
             c.update("socket", "cron.noop", cron="* * * * * */2", interval=5)
         c.update("socket", "cron.noop", cron="* * * * * */2")  # every 2 seconds (seconds last)
