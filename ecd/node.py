@@ -33,7 +33,7 @@ from .admin import AdminHandler
 from .background import Background
 from .cluster import Cluster, RemoteWaiter, read_incarnation
 from .config import Config
-from .dataflow import Dataflow
+from .dataflow import Dataflow, Derived
 from .events import Bus
 from .provenance import Provenance
 from .ticks import Ticker
@@ -1055,15 +1055,8 @@ class Node:
         """Write a call's final record, with what it sets off (plug calls, join arguments, the
         next steps of its workflow: :mod:`ecd.dataflow`) in the same commit; it is shown once
         durable here and on its replicas."""
-        if not self.dataflow.sets_off(outcome):  # the common case: nothing more to write
-            if outcome.get("replicas"):
-                outcome["version"] = int(outcome.get("version") or 0) + 1
-            self.finalizing[call_id] = outcome
-            self.wal.submit(("final", [call_id]), [outcome])
-            if outcome.get("replicas"):
-                self.cluster.replicate([outcome], gate="final")
-            return
-        derived = self.dataflow.on_final(outcome)
+        # the common case, a call that sets nothing off, costs one check
+        derived = self.dataflow.on_final(outcome) if self.dataflow.sets_off(outcome) else Derived()
         finals = [outcome, *derived.finals]
         for record in finals:
             if record.get("replicas"):
@@ -1077,14 +1070,19 @@ class Node:
         if replicated:
             self.cluster.replicate(replicated, gate="final")
         if extra:
-            self.cluster.replicate([record for record in extra if record.get("replicas")])
-            for record in extra:
-                if record["id"] not in self.active:
-                    self.own(record)
-                elif record["state"] == C.QUEUED and C.kind_of(record) == C.JOIN:
-                    self.scheduler.push(record["socket"], record["id"])  # its last argument arrived
-                if self.history is not None:
-                    self.history.note(record)
+            self._set_off(extra)
+
+    def _set_off(self, records: list[dict[str, Any]]) -> None:
+        """Records that a final record or a streamed item set off, just submitted with it: their
+        copies go out, new calls are queued, and a join whose last argument arrived can start."""
+        self.cluster.replicate([record for record in records if record.get("replicas")])
+        for record in records:
+            if record["id"] not in self.active:
+                self.own(record)
+            elif record["state"] == C.QUEUED and C.kind_of(record) == C.JOIN:
+                self.scheduler.push(record["socket"], record["id"])  # its last argument arrived
+            if self.history is not None:
+                self.history.note(record)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -1160,14 +1158,7 @@ class Node:
         if not derived.records:
             return
         self.wal.submit(None, derived.records)
-        self.cluster.replicate([r for r in derived.records if r.get("replicas")])
-        for child in derived.records:
-            if child["id"] not in self.active:
-                self.own(child)
-            elif child["state"] == C.QUEUED and C.kind_of(child) == C.JOIN:
-                self.scheduler.push(child["socket"], child["id"])
-            if self.history is not None:
-                self.history.note(child)
+        self._set_off(derived.records)
 
     def grant(self, record: dict[str, Any], runner: str, attempt: int, upto: int, have: int = 0) -> None:
         """Let the producer of a streaming call send items up to ``upto`` (``have``: the items

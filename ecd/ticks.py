@@ -210,7 +210,8 @@ class Ticker:
         self.fired += len(records)
 
     def committed(self, ticks: list[tuple[str, float]], error: BaseException | None) -> None:
-        """The calls of these ticks are durable (or, with ``error``, not: they fire again)."""
+        """The calls of these ticks are durable; with ``error`` they are not (they run from
+        memory, and ``last`` stays behind, so a restart fires them again)."""
         for name, due in ticks:
             if self.pending.get(name) == due:
                 del self.pending[name]
