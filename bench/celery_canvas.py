@@ -6,7 +6,9 @@ the 3-stage plug pipeline is ``chain(s1, s2, s3)`` per input. Celery runs on a t
 ``redis-server`` (broker and result backend) started on a free port in a temp dir, with a
 prefork worker of the same concurrency; everything is stopped by its PID at the end. Needs the
 ``celery`` and ``redis`` packages and a ``redis-server`` binary; without them the comparison is
-skipped (``celery_skipped`` says why). Celery is not a dependency of ElasticCode.
+skipped (``celery_skipped`` says why); a Celery run that fails part-way reports the parts it
+measured and ``celery_failed`` (the exception it ended with). Celery is not a dependency of
+ElasticCode.
 """
 
 from __future__ import annotations
@@ -92,9 +94,14 @@ def run(runs: int, pipelines: int, workers: int, durable: bool = False) -> dict[
         out = subprocess.run([sys.executable, "-m", "bench.celery_canvas", str(runs), str(pipelines), str(workers)],
                              env={**env, "PYTHONPATH": os.pathsep.join([str(base), str(Path(__file__).parent.parent)])},
                              capture_output=True, text=True, timeout=3600)
+        result: dict[str, Any] = {}
+        for line in out.stdout.splitlines():  # one JSON object per part measured
+            if line.startswith("{"):
+                result.update(json.loads(line))
         if out.returncode != 0:
-            return {"celery_skipped": f"the Celery run failed: {out.stderr.strip().splitlines()[-1:]}"}
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+            result["celery_failed"] = _why(out.stderr)
+        if not result:
+            return {"celery_skipped": result.get("celery_failed", "the Celery run printed nothing")}
         result["celery_broker"] = "redis, appendfsync always" if durable else "redis, no persistence"
         return {f"{key}_durable" if durable and key != "celery_broker" else key: value
                 for key, value in result.items()}
@@ -105,18 +112,30 @@ def run(runs: int, pipelines: int, workers: int, durable: bool = False) -> dict[
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _measure(tasks: Any, runs: int, pipelines: int, workers: int) -> dict[str, Any]:
-    from celery import chain, chord, group
+def _why(stderr: str) -> str:
+    """The exception a failed Celery run ended with (not the noise of its interpreter's shutdown)."""
+    lines = [line for line in stderr.splitlines() if line and not line[0].isspace()
+             and ("Error" in line or "Exception" in line) and "sys.meta_path" not in line
+             and not line.startswith(("Exception ignored", "During handling"))]
+    return lines[-1] if lines else (stderr.strip().splitlines() or ["no output"])[-1]
 
-    d = tasks.do_something.s
+
+def _wait_up(tasks: Any) -> None:
     deadline = time.monotonic() + 60
     while True:  # the worker is up once a task round-trips
         try:
             tasks.noop.delay().get(timeout=5)
-            break
+            return
         except Exception:  # noqa: BLE001 - not up yet
             if time.monotonic() > deadline:
                 raise
+
+
+def _funnel_figures(tasks: Any, runs: int) -> dict[str, Any]:
+    """The seed's funnel in canvas (chord of a group whose middle member is a group of a chain)."""
+    from celery import chain, chord, group
+
+    d = tasks.do_something.s
 
     def funnel() -> Any:
         _pipeline = chain(d("One"), d("Two"), group(d("Four"), d("Five")), d("Three"))
@@ -131,6 +150,14 @@ def _measure(tasks: Any, runs: int, pipelines: int, workers: int) -> dict[str, A
         funnel().get(timeout=60, disable_sync_subtasks=False)
         samples.append((time.perf_counter() - start) * 1000)
     samples.sort()
+    return {"celery_funnel_p50_ms": round(percentile(samples, 0.50), 2),
+            "celery_funnel_p99_ms": round(percentile(samples, 0.99), 2)}
+
+
+def _pipeline_figures(tasks: Any, pipelines: int) -> dict[str, Any]:
+    """``pipelines`` chains of three no-op tasks submitted at once, until every one ended."""
+    from celery import chain
+
     n = tasks.noop.s
     results = [chain(n(), n(), n()).apply_async() for _ in range(200)]
     for result in results:
@@ -140,13 +167,8 @@ def _measure(tasks: Any, runs: int, pipelines: int, workers: int) -> dict[str, A
     for result in results:
         result.get(timeout=600)
     elapsed = time.perf_counter() - start
-    return {
-        "celery_funnel_p50_ms": round(percentile(samples, 0.50), 2),
-        "celery_funnel_p99_ms": round(percentile(samples, 0.99), 2),
-        "celery_pipeline_inputs_per_s": round(pipelines / elapsed, 1),
-        "celery_pipeline_calls_per_s": round(3 * pipelines / elapsed, 1),
-        "celery_workers": workers,
-    }
+    return {"celery_pipeline_inputs_per_s": round(pipelines / elapsed, 1),
+            "celery_pipeline_calls_per_s": round(3 * pipelines / elapsed, 1)}
 
 
 def main() -> None:
@@ -154,7 +176,13 @@ def main() -> None:
     import benchtasks  # type: ignore[import-not-found]
 
     runs, pipelines, workers = (int(arg) for arg in sys.argv[1:4])
-    print(json.dumps(_measure(benchtasks, runs, pipelines, workers)))
+    _wait_up(benchtasks)
+    print(json.dumps({"celery_workers": workers}), flush=True)
+    print(json.dumps(_funnel_figures(benchtasks, runs)), flush=True)  # each part as soon as it is measured
+    print(json.dumps(_pipeline_figures(benchtasks, pipelines)), flush=True)
+    # the figures are out; Celery's result-backend threads can fail an orderly interpreter
+    # shutdown ("sys.meta_path is None"), which would hide them behind a non-zero exit
+    os._exit(0)
 
 
 if __name__ == "__main__":
