@@ -150,6 +150,9 @@ class Dataflow:
             self._fire(outcome, plugs, out)
         if outcome.get("flow"):
             self._step_ended(outcome, out)
+        if out.finals:  # a record that ends in this commit is written once, as it ends
+            ending = {record["id"] for record in out.finals}
+            out.records = [record for record in out.records if record["id"] not in ending]
         if out.children:
             outcome["children"] = list(dict.fromkeys([*(outcome.get("children") or ()), *out.children]))
         return out
@@ -197,10 +200,9 @@ class Dataflow:
                 logger.warning("plug %s did not fire for call %s: %s", plug.name, outcome["id"], exc)
 
     def _fire_items(self, outcome: dict[str, Any], plugs: list[Any], out: Derived) -> None:
-        """A streaming call ended: its RESULT plugs fire for every item of its result (the list
-        of its items). Items whose plug calls were made as they came make nothing new (derived
-        ids); any that were not (an item from another node lost on the way) are made now, in the
-        commit of the call's end."""
+        """A streaming call ended: its RESULT plugs fire for the items of its result (the list of
+        its items) that did not fire as they came (``items_fired``: items from another node lost
+        on the way), in the commit of the call's end; derived ids keep each item's calls one."""
         if not any(plug.type == "RESULT" for plug in plugs):
             return
         try:
@@ -208,8 +210,8 @@ class Dataflow:
         except protocol.ProtocolError as exc:
             logger.error("streamed call %s: its result is not a list of items (%s); no plug fired", outcome["id"], exc)
             return
-        for index, value in enumerate(items):
-            self._fire(outcome, plugs, out, item=index, value=value)
+        for index in range(int(outcome.get("items_fired") or 0), len(items)):
+            self._fire(outcome, plugs, out, item=index, value=items[index])
 
     @staticmethod
     def _error_value(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -245,9 +247,7 @@ class Dataflow:
         out.children.append(join_id)
         node = self.node
         needs = self._needs.get(plug.target, frozenset({plug.argument}))
-        record = out.joins.get(join_id) or node.active.get(join_id)
-        if record is not None and record.get("leased_from"):
-            record = None
+        record = out.joins.get(join_id) or self._live_join(join_id)
         new = record is None
         if new:
             if self._exists(join_id):
@@ -285,6 +285,15 @@ class Dataflow:
             out.joins[join_id] = record
             out.records.append(record)
 
+    def _live_join(self, join_id: str) -> dict[str, Any] | None:
+        """The record of a join this node owns that may still take arguments (not one ending
+        now: its final record is on its way to the log)."""
+        node = self.node
+        record = node.active.get(join_id)
+        if record is None or record.get("leased_from") or join_id in node.finalizing:
+            return None
+        return record
+
     def _join_fails(self, outcome: dict[str, Any], plug: Any, out: Derived) -> None:
         """``outcome`` failed, so the argument its RESULT plug names will never arrive for its
         run: the join of that run fails (in this commit) with an ``UpstreamFailed`` error naming
@@ -292,12 +301,10 @@ class Dataflow:
         run = outcome.get("run") or outcome.get("root") or outcome["id"]
         join_id = C.derived_id("j", plug.target, run)
         out.children.append(join_id)
-        record = out.joins.get(join_id) or self.node.active.get(join_id)
-        if record is not None and record.get("leased_from"):
-            record = None
+        record = out.joins.get(join_id) or self._live_join(join_id)
         if record is None:
             if self._exists(join_id):
-                return  # it ran or failed already
+                return  # it ran, failed or is ending already
             try:
                 record = self._call(join_id, plug.target, b"\x90", b"\x80", {**outcome, "run": run}, "join",
                                     f"Join of {plug.target} for run {run}")
@@ -307,8 +314,6 @@ class Dataflow:
             record.update(kind=C.JOIN, join={}, parents=[], events=record["events"][:1])
         elif C.kind_of(record) != C.JOIN or record["state"] != C.WAITING:
             return  # it has all its arguments already, or ended
-        if any(r is record for r in out.records):
-            out.records = [r for r in out.records if r is not record]  # it ends in this commit instead
         error = outcome.get("error") or {}
         ended = {**record, "events": list(record["events"]), "parent": outcome["id"],
                  "parents": [*record.get("parents", ()), outcome["id"]]}

@@ -377,7 +377,7 @@ class Node:
                 elif runtime.status == RUNNING:  # new code failed earlier; the old code serves
                     self._prepare(runtime, rolling=True)
         next_at = min(next_at, self._mesh_tick(mono))
-        if self.streams.streams or self.streams.reads:
+        if self.streams.streams or self.streams.reads or self.streams.relays:
             self.streams.tick(mono)
             next_at = min(next_at, mono + 0.1)
         if self.bus.subs:

@@ -78,6 +78,7 @@ class _Relay:
     items: list[bytes] = field(default_factory=list)
     size: int = 0
     granted: int = 1
+    sent: float = 0.0  # when the first item was last sent (until the owner grants credit)
 
 
 class Streams:
@@ -126,6 +127,7 @@ class Streams:
         self.items += 1
         record["streamed"] = True
         self.node.fire_item(record, index, value)
+        record["items_fired"] = index + 1  # (a retried attempt fires again from item 0: same ids)
         self._answer(call_id)
         self.regrant(stream)
         return ""
@@ -166,6 +168,10 @@ class Streams:
         for stream in list(self.streams.values()):
             stalled = bool(stream.runner) and len(stream.items) < stream.granted and mono - stream.heard > CREDIT_RESEND
             self.regrant(stream, mono, again=stalled and self._runs_for_us(stream))
+        for call_id, relay in self.relays.items():
+            # the owner answers the first item with credit: no answer, the first item was lost
+            if relay.granted <= 1 and relay.items and mono - relay.sent > CREDIT_RESEND:
+                self._send_items(call_id, relay, 0, upto=1)
         for call_id, waits in list(self.reads.items()):
             due = [w for w in waits if w.deadline <= mono]
             if due:
@@ -217,11 +223,15 @@ class Streams:
         relay.granted = upto
         return record, upto
 
-    def _send_items(self, call_id: str, relay: _Relay, start: int) -> None:
-        """Items from ``start`` on to the owner, in messages of at most MAX_ITEMS_BYTES."""
-        while start < len(relay.items):
+    def _send_items(self, call_id: str, relay: _Relay, start: int, upto: int | None = None) -> None:
+        """Items from ``start`` on (up to ``upto``) to the owner, in messages of at most
+        MAX_ITEMS_BYTES."""
+        if start == 0:
+            relay.sent = time.monotonic()
+        end = len(relay.items) if upto is None else min(upto, len(relay.items))
+        while start < end:
             chunk, size = [], 0
-            for value in relay.items[start:start + protocol.MAX_ITEMS]:
+            for value in relay.items[start:min(end, start + protocol.MAX_ITEMS)]:
                 if chunk and size + len(value) > MAX_ITEMS_BYTES:
                     break
                 chunk.append(value)

@@ -96,6 +96,7 @@ class Ticker:
         self.path = Path(path)
         self.last: dict[str, float] = self._load()  # socket -> last tick whose call is durable
         self.pending: dict[str, float] = {}  # socket -> last tick fired, its call not yet durable
+        self._unstored: list[tuple[str, float, list[str]]] = []  # ticks whose commit failed: written again
         self.fired = 0
         self._schedules: dict[str, tuple[Any, Schedule]] = {}
         self._topology: Any = None
@@ -173,6 +174,11 @@ class Ticker:
                 if name in schedules and isinstance(last, (int, float)) and last > self.last.get(name, 0.0):
                     self.last[name] = float(last)
                     self._dirty = True
+        if self._unstored:  # at most once per look: a failing disk is not hammered
+            retry, self._unstored = self._unstored, []
+            for name, due, ids in retry:
+                self.node.wal.submit(("tick", [(name, due, ids)]),
+                                     [self.node.active[i] for i in ids if i in self.node.active])
         wake = now + MAX_SLEEP
         if self.leader() and self._ready():
             for name, (socket, schedule) in schedules.items():
@@ -200,7 +206,7 @@ class Ticker:
         node = self.node
         for record in records:
             node.own(record)
-        node.wal.submit(("tick", [(name, due)]), records)
+        node.wal.submit(("tick", [(name, due, [record["id"] for record in records])]), records)
         for record in records:
             if node.history is not None:
                 node.history.note(record)
@@ -209,13 +215,17 @@ class Ticker:
             node.cluster.replicate(replicated)
         self.fired += len(records)
 
-    def committed(self, ticks: list[tuple[str, float]], error: BaseException | None) -> None:
-        """The calls of these ticks are durable; with ``error`` they are not (they run from
-        memory, and ``last`` stays behind, so a restart fires them again)."""
-        for name, due in ticks:
+    def committed(self, ticks: list[tuple[str, float, list[str]]], error: BaseException | None) -> None:
+        """The calls of these ticks are durable; with ``error`` they are not: they are written
+        again at the next look, and until then the tick stays pending (not saved, not gossiped)."""
+        for name, due, ids in ticks:
+            if error is not None:
+                logger.error("tick of %s not stored (retrying): %s", name, error)
+                self._unstored.append((name, due, ids))
+                continue
             if self.pending.get(name) == due:
                 del self.pending[name]
-            if error is None and due > self.last.get(name, 0.0):
+            if due > self.last.get(name, 0.0):
                 self.last[name] = due
                 self._dirty = True
         if self._dirty:

@@ -209,6 +209,25 @@ def test_a_failed_upstream_fails_the_join_of_its_run(client: Client) -> None:
     assert _settled(client, joined["id"])["state"] == "failed" and client.ls_call(joined["id"])["attempts"] == 0
 
 
+def test_a_join_failed_by_a_failed_join_is_stored_failed(client: Client) -> None:
+    """``fail`` feeds add_two's ``one`` (ERROR plug) and, through a join of ``echo`` that fails
+    with it, add_two's ``two``: one commit both fills and fails the add_two join, which stays
+    failed in the log (not waiting)."""
+    source, middle, join = _socket(client, "fail"), _socket(client, "echo"), _socket(client, "add_two")
+    _plug(client, source, join, type="ERROR", argument="one")
+    _plug(client, source, middle, argument="message")
+    _plug(client, middle, join, argument="two")
+    run = Function(source, client=client)("boom")
+    with pytest.raises(RemoteError, match="ValueError: boom"):
+        run.get(30)
+    joins = {c["socket"]: c for c in _children(client, run.id)}
+    assert joins[middle]["state"] == "failed" and joins[middle]["error"]["type"] == "UpstreamFailed"
+    final = _settled(client, joins[join]["id"])
+    assert (final["state"], final["error"]["type"]) == ("failed", "UpstreamFailed")
+    assert f"argument two will not arrive: call {joins[middle]['id']}" in final["error"]["message"]
+    assert client.ls_calls(rows=50, socket=join, unfinished=True)["calls"] == []
+
+
 def test_ids_of_the_kind_the_daemons_make_are_refused(client: Client) -> None:
     for call_id in ("p-" + "0" * 32, "j-" + "ab" * 16, "s-" + "f" * 32, "t-" + "1" * 32):
         with pytest.raises(ServerError, match="is reserved"):
