@@ -105,10 +105,6 @@ class Dataflow:
 
     # -- records --------------------------------------------------------------------------------
 
-    def _exists(self, call_id: str) -> bool:
-        node = self.node
-        return call_id in node.active or call_id in node.finalizing or node.wal.get(call_id) is not None
-
     def _call(self, call_id: str, socket_name: str, args: bytes, kwargs: bytes, parent: dict[str, Any],
               via: str, note: str) -> dict[str, Any]:
         """A new call made by ``parent``'s end (NotFound if the socket does not exist)."""
@@ -225,24 +221,26 @@ class Dataflow:
         parts = (outcome["id"], plug.name) if item is None else (outcome["id"], plug.name, str(item))
         call_id = C.derived_id("p", *parts)
         out.children.append(call_id)
-        if self._exists(call_id):
+        if self.node.holds(call_id):
             return  # the upstream call ended before (it ran twice): its plug call exists
         via = f"plug {plug.name}" if item is None else f"plug {plug.name} item {item}"
-        parent = outcome if item is None else {**outcome, "run": self._item_run(outcome, item)}
+        parent = outcome if item is None else {**outcome, "run": self._run(outcome, item)}
         record = self._call(call_id, plug.target, b"\x91" + payload, b"\x80", parent, via,
                             f"Received call {plug.target} from call {outcome['id']} ({via})")
         out.records.append(record)
         self.fired += 1
 
     @staticmethod
-    def _item_run(outcome: dict[str, Any], item: int) -> str:
-        """The run of calls made from a streamed item: joins pair items of the same position."""
-        return f"{outcome.get('run') or outcome.get('root') or outcome['id']}/{outcome['id']}:{item}"
+    def _run(outcome: dict[str, Any], item: int | None = None) -> str:
+        """The run ``outcome`` belongs to (joins pair arguments of one run): its root call's, or
+        for calls made from a streamed item, one of its own that pairs items of one position."""
+        run = outcome.get("run") or outcome.get("root") or outcome["id"]
+        return run if item is None else f"{run}/{outcome['id']}:{item}"
 
     # -- joins ----------------------------------------------------------------------------------
 
     def _arrive(self, outcome: dict[str, Any], plug: Any, payload: bytes, out: Derived, item: int | None) -> None:
-        run = self._item_run(outcome, item) if item is not None else (outcome.get("run") or outcome.get("root") or outcome["id"])
+        run = self._run(outcome, item)
         join_id = C.derived_id("j", plug.target, run)
         out.children.append(join_id)
         node = self.node
@@ -250,13 +248,11 @@ class Dataflow:
         record = out.joins.get(join_id) or self._live_join(join_id)
         new = record is None
         if new:
-            if self._exists(join_id):
+            if self.node.holds(join_id):
                 logger.debug("argument %s of join %s arrived after the join ran or moved; ignored", plug.argument, join_id)
                 return
-            parent = {**outcome, "run": run}
-            record = self._call(join_id, plug.target, b"\x90", b"\x80", parent, "join",
-                                f"Join of {plug.target} for run {run}: waits for {', '.join(sorted(needs))}")
-            record.update(kind=C.JOIN, join={}, parents=[], events=record["events"][:1])
+            record = self._new_join(join_id, plug.target, outcome, run,
+                                    f"Join of {plug.target} for run {run}: waits for {', '.join(sorted(needs))}")
             C.mark_waiting(record, f"Waiting for {', '.join(sorted(needs))}")
         elif C.kind_of(record) != C.JOIN or record["state"] != C.WAITING:
             logger.info("argument %s of join %s arrived after it started; ignored", plug.argument, join_id)
@@ -285,6 +281,12 @@ class Dataflow:
             out.joins[join_id] = record
             out.records.append(record)
 
+    def _new_join(self, join_id: str, target: str, outcome: dict[str, Any], run: str, note: str) -> dict[str, Any]:
+        """A join record of ``target`` for ``run``, with no argument yet (NotFound: no such socket)."""
+        record = self._call(join_id, target, b"\x90", b"\x80", {**outcome, "run": run}, "join", note)
+        record.update(kind=C.JOIN, join={}, parents=[], events=record["events"][:1])
+        return record
+
     def _live_join(self, join_id: str) -> dict[str, Any] | None:
         """The record of a join this node owns that may still take arguments (not one ending
         now: its final record is on its way to the log)."""
@@ -298,20 +300,18 @@ class Dataflow:
         """``outcome`` failed, so the argument its RESULT plug names will never arrive for its
         run: the join of that run fails (in this commit) with an ``UpstreamFailed`` error naming
         the call, and the ERROR plugs of the join's socket fire for it, as for any failed call."""
-        run = outcome.get("run") or outcome.get("root") or outcome["id"]
+        run = self._run(outcome)
         join_id = C.derived_id("j", plug.target, run)
         out.children.append(join_id)
         record = out.joins.get(join_id) or self._live_join(join_id)
         if record is None:
-            if self._exists(join_id):
+            if self.node.holds(join_id):
                 return  # it ran, failed or is ending already
             try:
-                record = self._call(join_id, plug.target, b"\x90", b"\x80", {**outcome, "run": run}, "join",
-                                    f"Join of {plug.target} for run {run}")
+                record = self._new_join(join_id, plug.target, outcome, run, f"Join of {plug.target} for run {run}")
             except NotFound as exc:
                 logger.warning("plug %s: %s", plug.name, exc)
                 return
-            record.update(kind=C.JOIN, join={}, parents=[], events=record["events"][:1])
         elif C.kind_of(record) != C.JOIN or record["state"] != C.WAITING:
             return  # it has all its arguments already, or ended
         error = outcome.get("error") or {}

@@ -561,6 +561,10 @@ class Node:
             record.update(term=0, version=1,
                           replicas=replicas or self.cluster.pick_replicas(record.get("root") or record["id"]))
 
+    def holds(self, call_id: str) -> bool:
+        """Does this node have a record of ``call_id`` (in memory, ending, or in its log)?"""
+        return call_id in self.active or call_id in self.finalizing or self.wal.get(call_id) is not None
+
     def own(self, record: dict[str, Any]) -> None:
         """A record this node owns now (accepted, made by a plug, taken over, handed over): a
         call waits for a worker; a workflow or a waiting join only waits for its steps or its

@@ -162,12 +162,12 @@ class Ticker:
         """The wall-clock time of the next look."""
         return self._next
 
-    def tick(self, now: float) -> float:
-        """Fire what is due; returns the wall-clock time to look again."""
+    def tick(self, now: float) -> None:
+        """Fire what is due; :attr:`next_look` says when to look again."""
         self._next = now + MAX_SLEEP  # whatever happens below, look again then (never in a tight loop)
         schedules = self._scheduled()
         if not schedules:
-            return self._next
+            return
         for member in self.node.mesh.members.values():  # what the others fired
             ticks = member.info.get("ticks")
             for name, last in (ticks.items() if isinstance(ticks, dict) else ()):
@@ -190,7 +190,6 @@ class Ticker:
         if self._dirty:
             self._save()
         self._next = max(wake, now + 0.001)
-        return self._next
 
     def _fire_due(self, name: str, socket: Any, schedule: Schedule, now: float) -> None:
         due = schedule.latest(now)
@@ -235,7 +234,7 @@ class Ticker:
         """The call of a tick, or None if it exists (fired by this node, or a leader before it)."""
         node = self.node
         call_id = tick_id(name, tick)
-        if call_id in node.active or call_id in node.finalizing or node.wal.get(call_id) is not None:
+        if node.holds(call_id):
             return None
         socket = node.topology.sockets[name]
         processor = node.topology.processors[socket.processor]
