@@ -50,6 +50,20 @@ MAX_WAIT = 30.0
 CREDIT_RESEND = 1.0
 
 
+def _chunk(items: list[bytes], start: int, end: int | None = None) -> list[bytes]:
+    """The items from ``start`` (before ``end``) that fit one message (MAX_ITEMS,
+    MAX_ITEMS_BYTES; at least one)."""
+    chunk: list[bytes] = []
+    size = 0
+    stop = start + protocol.MAX_ITEMS if end is None else min(end, start + protocol.MAX_ITEMS)
+    for value in items[start:stop]:
+        if chunk and size + len(value) > MAX_ITEMS_BYTES:
+            break
+        chunk.append(value)
+        size += len(value)
+    return chunk
+
+
 @dataclass
 class _Stream:
     call_id: str
@@ -230,12 +244,7 @@ class Streams:
             relay.sent = time.monotonic()
         end = len(relay.items) if upto is None else min(upto, len(relay.items))
         while start < end:
-            chunk, size = [], 0
-            for value in relay.items[start:min(end, start + protocol.MAX_ITEMS)]:
-                if chunk and size + len(value) > MAX_ITEMS_BYTES:
-                    break
-                chunk.append(value)
-                size += len(value)
+            chunk = _chunk(relay.items, start, end)
             if not self.node.mesh.send(relay.owner, protocol.STREAMED,
                                        {"call_id": call_id, "attempt": relay.attempt, "start": start, "items": chunk}):
                 return  # not connected: the owner asks again
@@ -306,13 +315,7 @@ class Streams:
             request_id=wait.request_id))
 
     def _send(self, wait: _Read, call_id: str, items: list[bytes], attempt: int, state: str, done: bool) -> None:
-        chunk: list[bytes] = []
-        size = 0
-        for value in items[wait.start:wait.start + protocol.MAX_ITEMS]:
-            if chunk and size + len(value) > MAX_ITEMS_BYTES:
-                break
-            chunk.append(value)
-            size += len(value)
+        chunk = _chunk(items, wait.start)
         last = done and wait.start + len(chunk) >= len(items)
         self.node.reply(wait.peer, protocol.Items(call_id=call_id, start=wait.start, items=chunk, attempt=attempt,
                                                   done=last, state=state[:protocol.MAX_STATE_CHARS],
