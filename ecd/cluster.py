@@ -56,8 +56,17 @@ LEASE_CHECK_EVERY = 1.0
 LEASE_GRACE = 3.0
 #: Seconds a leased call may stay on a runner this node cannot hear from directly.
 LEASE_UNREACHABLE = 10.0
-#: Seconds a restarted node holds its replicated calls while it asks its peers about them.
-SYNC_HOLD = 5.0
+#: Seconds at most a restarted node holds its replicated calls while it asks its peers about
+#: them (it goes on sooner once every peer named as a replica answered or is found dead).
+SYNC_HOLD = 30.0
+#: Seconds before a restarted node asks a live peer again that has not answered its SYNC (then
+#: twice as long each time, up to 8 s: a big SYNC may take a peer a while to answer).
+SYNC_RESEND = 1.0
+#: Seconds it waits for a replica that is not a member of the mesh (never heard of since start).
+SYNC_HOLD_UNKNOWN = 5.0
+#: What a call resumed without word from one of its replicas adds to its version: more than the
+#: writes a node can lose in a crash, so its next record wins over any of them in its term.
+RESUME_VERSION_GAP = 1_000_000
 #: Newest records a restarted node offers for reconciliation besides its unfinished ones.
 RECENT_FINALS = 10_000
 #: Newest records a restarted node checks for outcomes written just before it stopped.
@@ -233,12 +242,16 @@ class Cluster:
         self.finds: dict[str, _Find] = {}
         self.handoffs: dict[str, tuple[str, float]] = {}  # call -> (peer offered to, offer again at)
         self.drain_requests: dict[str, tuple[bool, float]] = {}  # node -> (drain, ask until)
-        self.sync_waiting: set[str] = set()
+        # node -> (monotonic time this node last sent it a full SYNC, seconds until it asks again)
+        self.sync_sent: dict[str, tuple[float, float]] = {}
         self.sync_needed: set[str] = set()   # nodes a restarted node waits to hear from
         self.synced: set[str] = set()        # nodes that answered this node's SYNC
         # outcomes offered in SYNCs: call -> (freshness, monotonic time it was noted)
         self._recent_finals: dict[str, tuple[tuple[bool, int, int], float]] = {}
         self.hold_until = 0.0
+        self._hold_unknown_until = 0.0
+        self._held: dict[str, set[str]] = {}  # call -> its replicas, for a restarted node's hold
+        self.outranked: set[str] = set()  # calls resumed without word from a replica (_outrank)
         self.under_replicated = 0
         self.taken_over = 0
         self._next_repair = 0.0
@@ -867,7 +880,9 @@ class Cluster:
         again after a takeover, and the copies must agree."""
         if not self.enabled:
             return
-        needed = {n for r in self.node.active.values() for n in r.get("replicas") or () if n != self.me}
+        self._held = {r["id"]: set(r["replicas"]) for r in self.node.active.values()
+                      if r.get("replicas") and r.get("owner") == self.me}
+        needed = {n for replicas in self._held.values() for n in replicas if n != self.me}
         _, recent = self.node.wal.recent(RESTART_FINALS, 0)
         now = time.monotonic()
         self._recent_finals = {r["id"]: (freshness(r), now) for r in recent
@@ -876,13 +891,17 @@ class Cluster:
         if needed:
             self.sync_needed = needed
             self.hold_until = time.monotonic() + SYNC_HOLD
+            self._hold_unknown_until = time.monotonic() + SYNC_HOLD_UNKNOWN
 
     def note_final(self, record: dict[str, Any]) -> None:
         """A replicated call of this node ended. If the mesh was not whole (a member dead or cut
-        off) or the call was taken over, another node may have run it too: its outcome is offered
-        in SYNCs for a while, so the copies agree once the nodes meet again. In a whole mesh this
-        costs nothing."""
-        if int(record.get("term") or 0) == 0 and self._mesh_whole():
+        off), the call was taken over, or it was resumed without word from a replica, another
+        node may have run it too or hold an older outcome: this outcome is offered in SYNCs for a
+        while, so the copies agree once the nodes meet again. In a whole mesh this costs nothing."""
+        outranked = record["id"] in self.outranked
+        if outranked:
+            self.outranked.discard(record["id"])
+        elif int(record.get("term") or 0) == 0 and self._mesh_whole():
             return
         self._recent_finals[record["id"]] = (freshness(record), time.monotonic())
         while len(self._recent_finals) > RECENT_FINALS:
@@ -897,15 +916,51 @@ class Cluster:
             del self._recent_finals[call_id]
 
     def holding(self) -> bool:
-        """True while a restarted node still waits for its peers' answers (at most SYNC_HOLD)."""
+        """True while a restarted node still waits for its peers' answers: until every node
+        named as a replica answered or is found dead (at most SYNC_HOLD)."""
         if not self.hold_until:
             return False
-        dead = {m.node_id for m in self.mesh.members.values() if m.state == DEAD}
-        if time.monotonic() >= self.hold_until or not (self.sync_needed - self.synced - dead):
-            self.hold_until = 0.0
+        mono = time.monotonic()
+        gone = {m.node_id for m in self.mesh.members.values() if m.state == DEAD}
+        if mono >= self._hold_unknown_until:  # a replica nobody has heard of since the restart
+            gone |= {n for n in self.sync_needed if n not in self.mesh.members}
+        waiting = self.sync_needed - self.synced - gone
+        if waiting and mono < self.hold_until:
+            return True
+        self.hold_until = 0.0
+        if waiting:
+            logger.warning("rejoin reconciliation: no answer from %d node(s) in %ds; resuming the calls owned here",
+                           len(waiting), SYNC_HOLD)
+        else:
             logger.info("rejoin reconciliation done; resuming the calls owned here")
-            return False
-        return True
+        self._outrank(self.sync_needed - self.synced)
+        return False
+
+    def _outrank(self, unheard: set[str]) -> None:
+        """Calls resumed without word from a replica (dead, or silent): that node may hold an
+        outcome this node wrote just before it stopped (a copy leaves before the local fsync),
+        as fresh as the one this run will write. Their version jumps, so the new outcome wins
+        over that one on every node once they meet, and the copies agree on one result. (The
+        term stays: a takeover made while this node was away still wins.)"""
+        held, self._held = self._held, {}
+        if not unheard:
+            return
+        for call_id, replicas in held.items():  # the replicas named in the log (a dead one may be replaced by now)
+            record = self.node.active.get(call_id)
+            if (record is not None and record.get("owner") == self.me and not record.get("leased_from")
+                    and unheard & replicas):
+                record["version"] = int(record.get("version") or 0) + RESUME_VERSION_GAP
+                self.outranked.add(call_id)
+
+    def _resend_syncs(self, mono: float) -> None:
+        """While holding: ask again the live peers that have not answered (a SYNC sent while a
+        connection was still being made is dropped by ZeroMQ)."""
+        for node_id in self.sync_needed - self.synced:
+            member = self.mesh.members.get(node_id)
+            sent_at, gap = self.sync_sent.get(node_id, (0.0, SYNC_RESEND / 2))
+            if member is not None and member.state == ALIVE and mono - sent_at >= gap:
+                self.sync_with(member)
+                self.sync_sent[node_id] = (mono, min(gap * 2, 8 * SYNC_RESEND))
 
     def sync_with(self, member: Member, periodic: bool = False) -> None:
         """Tell ``member`` which calls this node holds, so it sends fresher copies back (and,
@@ -923,7 +978,7 @@ class Cluster:
         if not periodic:
             entries += [[cid, *freshness(rec)] for cid, rec in self.node.active.items()
                         if not rec.get("leased_from") and rec.get("replicas")]
-            self.sync_waiting.add(member.node_id)
+            self.sync_sent[member.node_id] = (time.monotonic(), SYNC_RESEND)
         for start in range(0, max(1, len(entries)), CHUNK * 10):
             chunk = entries[start:start + CHUNK * 10]
             self.mesh.send(member.node_id, protocol.SYNC,
@@ -962,7 +1017,7 @@ class Cluster:
             logger.info("took %d fresher call record(s) from node %s", len(writes), sender.name)
             self.node.wal.submit(("synced", ended), writes)
         if body.get("last"):
-            self.sync_waiting.discard(sender.node_id)
+            self.sync_sent.pop(sender.node_id, None)
             self.synced.add(sender.node_id)
 
     # -- GETs for calls held elsewhere ----------------------------------------------------------
@@ -1215,9 +1270,9 @@ class Cluster:
             self._forget_old_finals(mono)
             for member in self.mesh.reachable(mono):
                 self.sync_with(member, periodic=True)
-        if self.hold_until:
-            self.holding()
-            next_at = min(next_at, self.hold_until)
+        if self.hold_until and self.holding():
+            self._resend_syncs(mono)
+            next_at = min(next_at, self.hold_until, mono + SYNC_RESEND)
         self._show_finals()
         return next_at
 

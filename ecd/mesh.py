@@ -284,7 +284,9 @@ class Mesh:
         silent = now - member.heard
         if silent > DEAD_AFTER * self.interval:
             new = DEAD
-        elif silent > SUSPECT_AFTER * self.interval:
+        elif silent > SUSPECT_AFTER * self.interval or not member.endpoint:
+            # a node known only from the log, heard from before its address: alive (and sent
+            # SYNCs) only once this node can answer it
             new = SUSPECT
         else:
             new = ALIVE

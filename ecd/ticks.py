@@ -10,6 +10,10 @@ at every tick, exactly once in the whole mesh however many nodes host it.
   leader makes tick calls; the others learn from its heartbeats (``ticks``: socket -> last tick
   fired) and take over at its death. Tick calls are replicated to the nodes next in line, so a
   new leader holds the calls of the ticks its predecessor fired and never fires them again.
+* **Handover.** A node that becomes the leader in a mesh fires only after it stayed the leader
+  for :data:`SETTLE_BEATS` heartbeats: by then the previous leader (which stops as soon as it
+  sees a smaller node, or loses its majority: 3 beats before the others find it dead) has
+  stopped, and its heartbeats told which ticks it fired last, so no tick fires on both.
 * **Durable first.** A tick counts as fired (``last``, saved and gossiped) only once its call
   is durable in the log: a crash in between leaves the tick to fire again, never lost.
 * **Catch-up.** After downtime (no node ran, or no leader) a socket's missed ticks fire *once*:
@@ -26,6 +30,7 @@ import json
 import logging
 import math
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +49,8 @@ logger = logging.getLogger(__name__)
 MAX_CATCH_UP = 1000
 #: Longest the ticker sleeps between looks at its sockets (a new or changed socket is seen by then).
 MAX_SLEEP = 1.0
+#: Heartbeat intervals a new leader waits before it fires (see "Handover").
+SETTLE_BEATS = 2
 
 
 def tick_id(socket: str, tick: float) -> str:
@@ -102,6 +109,7 @@ class Ticker:
         self._topology: Any = None
         self._next = 0.0  # wall-clock time of the next look
         self._dirty = False
+        self._leading_since: float | None = None  # monotonic time this node became the leader
 
     def _load(self) -> dict[str, float]:
         try:
@@ -145,6 +153,21 @@ class Ticker:
         return node.mesh.has_quorum() and all(
             m.node_id > node.node_id for m in members if m.state != DEAD and not m.draining)
 
+    def _settling(self) -> float | None:
+        """None when this node is not the leader; else the seconds it still waits before it
+        fires (0.0: it may fire): :data:`SETTLE_BEATS` heartbeats from when it became the
+        leader, in a mesh."""
+        if not self.leader():
+            self._leading_since = None
+            return None
+        mesh = self.node.mesh
+        if not mesh.members:
+            return 0.0
+        mono = time.monotonic()
+        if self._leading_since is None:
+            self._leading_since = mono
+        return max(0.0, SETTLE_BEATS * mesh.interval - (mono - self._leading_since))
+
     def _ready(self) -> bool:
         """In a mesh, fire only once every live member was heard (its last ticks are known) and
         a restarted node has reconciled with its peers."""
@@ -180,7 +203,10 @@ class Ticker:
                 self.node.wal.submit(("tick", [(name, due, ids)]),
                                      [self.node.active[i] for i in ids if i in self.node.active])
         wake = now + MAX_SLEEP
-        if self.leader() and self._ready():
+        settling = self._settling()
+        if settling:  # a new leader waits for the previous one to stop
+            wake = min(wake, now + settling)
+        elif settling is not None and self._ready():
             for name, (socket, schedule) in schedules.items():
                 try:
                     self._fire_due(name, socket, schedule, now)

@@ -127,12 +127,16 @@ class MeshNodes:
     def fired_ticks(self, socket: str) -> list[str]:
         """Every "fired Tick <time> of <socket>" line of every node's log: who fired which tick
         (a tick fired by two nodes shows twice)."""
-        lines = []
-        for node in self.nodes:
+        return [tick for ticks in self.fired_ticks_by_node(socket).values() for tick in ticks]
+
+    def fired_ticks_by_node(self, socket: str) -> dict[str, list[str]]:
+        """Node name -> the ticks of ``socket`` it fired, in order."""
+        fired = {}
+        for name, node in zip(self.names, self.nodes):
             text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
-            lines += [line.split("fired Tick ", 1)[1].split(" ")[0] for line in text.splitlines()
-                      if "fired Tick " in line and line.split(" of ")[-1].split(" ")[0] == socket]
-        return lines
+            fired[name] = [line.split("fired Tick ", 1)[1].split(" ")[0] for line in text.splitlines()
+                           if "fired Tick " in line and line.split(" of ")[-1].split(" ")[0] == socket]
+        return fired
 
     def cleanup(self) -> None:
         for node in self.nodes:
