@@ -251,7 +251,12 @@ class Cluster:
         self.hold_until = 0.0
         self._hold_unknown_until = 0.0
         self._held: dict[str, set[str]] = {}  # call -> its replicas, for a restarted node's hold
-        self.outranked: set[str] = set()  # calls resumed without word from a replica (_outrank)
+        self._rounds = itertools.count(1)
+        self._asked: dict[str, set[int]] = {}  # node -> rounds of the whole SYNCs it was sent
+        # calls resumed without word from some of their replicas -> those replicas (_outrank);
+        # once such a call ended: node -> the calls whose outcome it must still be given
+        self.outranked: dict[str, set[str]] = {}
+        self.owed: dict[str, set[str]] = {}
         self.under_replicated = 0
         self.taken_over = 0
         self._next_repair = 0.0
@@ -409,9 +414,14 @@ class Cluster:
                 self.node.accept_durable(call_id, error)
 
     def _on_replicated(self, sender: Member, body: dict[str, Any]) -> None:
+        owed = self.owed.get(sender.node_id)
         for ack in body.get("acks") or ():
             if isinstance(ack, list) and len(ack) == 2 and isinstance(ack[0], str) and isinstance(ack[1], int):
                 self._ack(sender.node_id, ack[0], ack[1])
+                if owed is not None:
+                    owed.discard(ack[0])
+        if owed is not None and not owed:
+            del self.owed[sender.node_id]
         for entry in body.get("duplicates") or ():
             if isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry):
                 self._drop_duplicate(entry[0], entry[1])
@@ -459,6 +469,7 @@ class Cluster:
         current = self._current(call_id)
         if current is not None and not wins(incoming, current):
             return None
+        self.outranked.pop(call_id, None)
         mine = self.node.active.get(call_id)
         if mine is not None and (mine.get("leased_from") or mine.get("owner") != self.me):
             mine = None
@@ -779,6 +790,7 @@ class Cluster:
             self.takeover()
         if new == "restarted" or (new == ALIVE and old != ALIVE):
             self.sync_with(member)
+            self._pay(member)
         self._show_finals()
 
     # -- takeover -------------------------------------------------------------------------------
@@ -898,10 +910,10 @@ class Cluster:
         off), the call was taken over, or it was resumed without word from a replica, another
         node may have run it too or hold an older outcome: this outcome is offered in SYNCs for a
         while, so the copies agree once the nodes meet again. In a whole mesh this costs nothing."""
-        outranked = record["id"] in self.outranked
-        if outranked:
-            self.outranked.discard(record["id"])
-        elif int(record.get("term") or 0) == 0 and self._mesh_whole():
+        unheard = self.outranked.pop(record["id"], None)
+        for node_id in unheard or ():  # given to them as soon as they are back (_pay)
+            self.owed.setdefault(node_id, set()).add(record["id"])
+        if not unheard and int(record.get("term") or 0) == 0 and self._mesh_whole():
             return
         self._recent_finals[record["id"]] = (freshness(record), time.monotonic())
         while len(self._recent_finals) > RECENT_FINALS:
@@ -928,6 +940,7 @@ class Cluster:
         if waiting and mono < self.hold_until:
             return True
         self.hold_until = 0.0
+        self._asked.clear()
         if waiting:
             logger.warning("rejoin reconciliation: no answer from %d node(s) in %ds; resuming the calls owned here",
                            len(waiting), SYNC_HOLD)
@@ -940,8 +953,9 @@ class Cluster:
         """Calls resumed without word from a replica (dead, or silent): that node may hold an
         outcome this node wrote just before it stopped (a copy leaves before the local fsync),
         as fresh as the one this run will write. Their version jumps, so the new outcome wins
-        over that one on every node once they meet, and the copies agree on one result. (The
-        term stays: a takeover made while this node was away still wins.)"""
+        over that one on every node, and that node is given it when it is back (:meth:`_pay`):
+        the copies agree on one result. (The term stays: a takeover made while this node was
+        away still wins.)"""
         held, self._held = self._held, {}
         if not unheard:
             return
@@ -950,7 +964,25 @@ class Cluster:
             if (record is not None and record.get("owner") == self.me and not record.get("leased_from")
                     and unheard & replicas):
                 record["version"] = int(record.get("version") or 0) + RESUME_VERSION_GAP
-                self.outranked.add(call_id)
+                self.outranked[call_id] = unheard & replicas
+
+    def _pay(self, member: Member) -> None:
+        """Give ``member`` the outcomes of the calls resumed without its word (its copy may be an
+        older outcome); re-sent until it acknowledges them (REPLICATED)."""
+        owed = self.owed.get(member.node_id)
+        if not owed:
+            return
+        records = []
+        for call_id in list(owed):
+            record = self.node.wal.get(call_id)
+            if record is None or record["state"] not in C.TERMINAL:
+                owed.discard(call_id)  # swept, or not ended here after all: nothing to give
+            else:
+                records.append(record)
+        for group in chunks(records):
+            self.mesh.send(member.node_id, protocol.REPLICATE, {"records": group})
+        if not owed:
+            del self.owed[member.node_id]
 
     def _resend_syncs(self, mono: float) -> None:
         """While holding: ask again the live peers that have not answered (a SYNC sent while a
@@ -959,13 +991,18 @@ class Cluster:
             member = self.mesh.members.get(node_id)
             sent_at, gap = self.sync_sent.get(node_id, (0.0, SYNC_RESEND / 2))
             if member is not None and member.state == ALIVE and mono - sent_at >= gap:
-                self.sync_with(member)
+                self.sync_with(member, owned_only=True)
                 self.sync_sent[node_id] = (mono, min(gap * 2, 8 * SYNC_RESEND))
 
-    def sync_with(self, member: Member, periodic: bool = False) -> None:
+    def sync_with(self, member: Member, periodic: bool = False, owned_only: bool = False) -> None:
         """Tell ``member`` which calls this node holds, so it sends fresher copies back (and,
-        for those it holds staler copies of, asks for this node's)."""
-        if periodic:  # copies unchanged for a while only, a bounded number per round (in turn)
+        for those it holds staler copies of, asks for this node's). A whole SYNC (not
+        ``periodic``; ``owned_only``: without the copies held for others) sent while this node
+        holds its calls after a restart ends with a ``round`` that the answer's last SYNCED
+        echoes: that answer tells it the member has said all it knows of its calls."""
+        if owned_only:
+            entries = []
+        elif periodic:  # copies unchanged for a while only, a bounded number per round (in turn)
             now = time.monotonic()
             entries = list(itertools.islice(([cid, False, held.term, held.version]
                                              for cid, held in self.replicas.items()
@@ -975,14 +1012,18 @@ class Cluster:
         else:
             entries = [[cid, False, held.term, held.version] for cid, held in self.replicas.items()]
         entries += [[cid, *fresh] for cid, (fresh, _) in self._recent_finals.items()]
-        if not periodic:
+        whole = not periodic
+        if whole:
             entries += [[cid, *freshness(rec)] for cid, rec in self.node.active.items()
                         if not rec.get("leased_from") and rec.get("replicas")]
             self.sync_sent[member.node_id] = (time.monotonic(), SYNC_RESEND)
         for start in range(0, max(1, len(entries)), CHUNK * 10):
-            chunk = entries[start:start + CHUNK * 10]
-            self.mesh.send(member.node_id, protocol.SYNC,
-                           {"calls": chunk, "last": start + CHUNK * 10 >= len(entries)})
+            body: dict[str, Any] = {"calls": entries[start:start + CHUNK * 10],
+                                    "last": start + CHUNK * 10 >= len(entries)}
+            if body["last"] and whole and self.hold_until:  # only if no part was refused on the way
+                body["round"] = round_ = next(self._rounds)
+                self._asked.setdefault(member.node_id, set()).add(round_)
+            whole = self.mesh.send(member.node_id, protocol.SYNC, body) and whole
 
     def _on_sync(self, sender: Member, body: dict[str, Any]) -> None:
         fresher: list[dict[str, Any]] = []
@@ -1001,7 +1042,10 @@ class Cluster:
         for group in chunks(fresher):
             self.mesh.send(sender.node_id, protocol.SYNCED, {"records": group, "last": False})
         if body.get("last"):
-            self.mesh.send(sender.node_id, protocol.SYNCED, {"records": [], "last": True})
+            end: dict[str, Any] = {"records": [], "last": True}
+            if _is_int(body.get("round")):
+                end["round"] = body["round"]
+            self.mesh.send(sender.node_id, protocol.SYNCED, end)
 
     def _on_synced(self, sender: Member, body: dict[str, Any]) -> None:
         writes = []
@@ -1016,7 +1060,8 @@ class Cluster:
         if writes:
             logger.info("took %d fresher call record(s) from node %s", len(writes), sender.name)
             self.node.wal.submit(("synced", ended), writes)
-        if body.get("last"):
+        round_ = body.get("round")
+        if body.get("last") and _is_int(round_) and round_ in self._asked.get(sender.node_id, ()):
             self.sync_sent.pop(sender.node_id, None)
             self.synced.add(sender.node_id)
 
@@ -1270,6 +1315,7 @@ class Cluster:
             self._forget_old_finals(mono)
             for member in self.mesh.reachable(mono):
                 self.sync_with(member, periodic=True)
+                self._pay(member)
         if self.hold_until and self.holding():
             self._resend_syncs(mono)
             next_at = min(next_at, self.hold_until, mono + SYNC_RESEND)

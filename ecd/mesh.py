@@ -343,6 +343,10 @@ class Mesh:
                 self._seeds.discard(endpoint)
                 logger.info("mesh: learned of node %s at %s", member.name or node_id, endpoint)
                 self._next_beat = 0.0  # introduce ourselves at once
+            elif endpoint and not member.endpoint:  # known from the log only: now reachable
+                member.endpoint = endpoint
+                logger.info("mesh: learned where node %s is: %s", member.name or node_id, endpoint)
+                self._next_beat = 0.0
             self._fresh(member, incarnation, beat, now, direct=False)
 
     def _heartbeat_body(self) -> dict[str, Any]:

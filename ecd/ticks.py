@@ -161,7 +161,7 @@ class Ticker:
             self._leading_since = None
             return None
         mesh = self.node.mesh
-        if not mesh.members:
+        if not mesh.enabled:  # no mesh: nobody else fires
             return 0.0
         mono = time.monotonic()
         if self._leading_since is None:

@@ -9,8 +9,8 @@ copy leaves before the owner's own fsync, and N was killed in between).
   message after N's restart is not a HELLO or HEARTBEAT (N knows P from its log only, without an
   address: P must not count as alive before N can answer it), and when P's answer to N's first
   SYNC is lost (N asks again).
-* With P away, N runs the call again once P is found dead; when P is back, both agree on N's new
-  outcome (it is fresher than P's), not on two.
+* With P away, N runs the call again once P is found dead; when P is back, N gives it the new
+  outcome, which is fresher than P's: both agree on one outcome, not two.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def test_a_restarted_node_takes_its_replicas_outcome_instead_of_running_the_call
             if len(asked) == 1:
                 return []  # this answer is lost: the node must ask again
             return [(protocol.SYNCED, {"records": [done], "last": False}),
-                    (protocol.SYNCED, {"records": [], "last": True})]
+                    (protocol.SYNCED, {"records": [], "last": True, "round": body.get("round")})]
 
         peer.on_sync = answer
         # the first thing the restarted node hears from the peer is no beat but a copy (queued
@@ -207,6 +207,8 @@ def test_a_call_run_again_without_its_replica_wins_over_that_replicas_older_outc
         with Client(node.endpoint, timeout=60) as client:
             assert client.result(call_id, timeout=60) == "run again"
             peer.beating.set()  # the peer is back, with its older outcome
+            wait_for(lambda: peer.copies[call_id]["state"] == "done", 60, what="the node to give the peer its outcome")
+            assert protocol.unpack(peer.copies[call_id]["result"]) == "run again"
             wait_for(lambda: offered, 60, what="the node to offer its outcome to the peer")
             assert offered[-1][1:] > [True, 0, held["version"]], (offered[-1], held["version"])
             # the peer says what it holds: the node answers with its fresher copy
