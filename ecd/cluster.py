@@ -255,7 +255,7 @@ class Cluster:
         self._asked: dict[str, set[int]] = {}  # node -> rounds of the whole SYNCs it was sent
         # calls resumed without word from some of their replicas -> those replicas (_outrank);
         # once such a call ended: node -> the calls whose outcome it must still be given
-        self.outranked: dict[str, set[str]] = {}
+        self._outranked: dict[str, set[str]] = {}
         self.owed: dict[str, set[str]] = {}
         self.under_replicated = 0
         self.taken_over = 0
@@ -469,7 +469,7 @@ class Cluster:
         current = self._current(call_id)
         if current is not None and not wins(incoming, current):
             return None
-        self.outranked.pop(call_id, None)
+        self._outranked.pop(call_id, None)
         mine = self.node.active.get(call_id)
         if mine is not None and (mine.get("leased_from") or mine.get("owner") != self.me):
             mine = None
@@ -906,14 +906,15 @@ class Cluster:
             self._hold_unknown_until = time.monotonic() + SYNC_HOLD_UNKNOWN
 
     def note_final(self, record: dict[str, Any]) -> None:
-        """A replicated call of this node ended. If the mesh was not whole (a member dead or cut
-        off), the call was taken over, or it was resumed without word from a replica, another
-        node may have run it too or hold an older outcome: this outcome is offered in SYNCs for a
-        while, so the copies agree once the nodes meet again. In a whole mesh this costs nothing."""
-        unheard = self.outranked.pop(record["id"], None)
+        """A call of this node ended. If it is replicated and the mesh was not whole (a member
+        dead or cut off), the call was taken over, or it was resumed without word from a replica,
+        another node may have run it too or hold an older outcome: this outcome is offered in
+        SYNCs for a while, so the copies agree once the nodes meet again. In a whole mesh, or
+        for a call with no copies, this costs a lookup."""
+        unheard = self._outranked.pop(record["id"], None) if self._outranked else None
         for node_id in unheard or ():  # given to them as soon as they are back (_pay)
             self.owed.setdefault(node_id, set()).add(record["id"])
-        if not unheard and int(record.get("term") or 0) == 0 and self._mesh_whole():
+        if not unheard and (not record.get("replicas") or (int(record.get("term") or 0) == 0 and self._mesh_whole())):
             return
         self._recent_finals[record["id"]] = (freshness(record), time.monotonic())
         while len(self._recent_finals) > RECENT_FINALS:
@@ -964,7 +965,7 @@ class Cluster:
             if (record is not None and record.get("owner") == self.me and not record.get("leased_from")
                     and unheard & replicas):
                 record["version"] = int(record.get("version") or 0) + RESUME_VERSION_GAP
-                self.outranked[call_id] = unheard & replicas
+                self._outranked[call_id] = unheard & replicas
 
     def _pay(self, member: Member) -> None:
         """Give ``member`` the outcomes of the calls resumed without its word (its copy may be an

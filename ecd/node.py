@@ -808,8 +808,7 @@ class Node:
             self.streams.ended(call_id)
         if self.history is not None:
             self.history.note(record)
-        if record.get("replicas") or call_id in self.cluster.outranked:
-            self.cluster.note_final(record)
+        self.cluster.note_final(record)
         self.unstored.discard(call_id)
         ended[call_id] = record
         for peer, request_id in self.result_waiters.pop(call_id, []):
