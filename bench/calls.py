@@ -3,11 +3,16 @@
 (a) sequential round trips of ``ecctl.Function(...)(...).get()`` (durable accept + result),
 p50/p99; (b) throughput of N calls with a bounded window in flight on one connection
 (``Function.map``). Both in the default durable mode (every call fsynced before its ACCEPTED).
+
+Transport: the node's local ipc socket by default; ``--curve`` goes over tcp with CURVE, a login
+and authorization on (the caller is a user whose only right is RUN_TASK, through a role);
+``--insecure`` over plain tcp to a node run with ``--insecure`` (the same run without security).
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import time
 from typing import Any
@@ -22,17 +27,35 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: Transports of the bench: the node's ipc socket, tcp with CURVE and a login, plain tcp.
+TRANSPORTS = ("ipc", "curve", "insecure")
+
+
 def run(latency_calls: int, throughput_calls: int, window: int, cpus: int, workers: int,
-        env: dict[str, str] | None = None) -> dict[str, Any]:
+        env: dict[str, str] | None = None, transport: str = "ipc") -> dict[str, Any]:
     from ecctl import Client, Function
 
-    with ThrowawayNode(cpus=cpus, env=env) as node:
+    tcp = f"tcp://127.0.0.1:{_free_port()}"
+    extra = {"ipc": (), "curve": ("--listen", tcp), "insecure": ("--listen", tcp, "--insecure")}[transport]
+    with ThrowawayNode(cpus=cpus, env=env, extra=extra) as node:
         with Client(node.endpoint) as admin:
             admin.add_queue("bench", "direct")
             admin.add_processor("noop", node.repo_url, "sample.tasks", concurrency=workers)
             admin.add_socket("bench.noop", processor="noop", function="noop", queue="bench")
+            if transport == "curve":
+                admin.add_user("bench", "bench-password")
+                admin.add_role("runner")
+                admin.add_privilege("RUN_TASK", role="runner")
+                admin.update_user("bench", add_roles=["runner"])
         node.wait_running("noop")
-        noop = Function("bench.noop", client=Client(node.endpoint, timeout=30))
+        caller = _caller(node, transport, tcp)
+        noop = Function("bench.noop", client=caller)
         for _ in range(200):  # warm up: workers, sockets, page cache
             noop().get(timeout=30)
         samples = []
@@ -63,7 +86,26 @@ def run(latency_calls: int, throughput_calls: int, window: int, cpus: int, worke
         "workers": workers,
         "wal_commits": wal.get("commits"),
         "wal_records": wal.get("records"),
+        "transport": transport,
     }
+
+
+def _caller(node: ThrowawayNode, transport: str, tcp: str) -> Any:
+    """The benchmark's client: over the node's ipc socket, or over tcp (CURVE: the node's key
+    trusted and the bench user logged in, in a config folder of the run's own)."""
+    from ecctl import Client
+    from ecctl.trust import KnownNodes
+    from ecd.keys import load
+
+    if transport == "ipc":
+        return Client(node.endpoint, timeout=30)
+    if transport == "insecure":
+        return Client(tcp, timeout=30, insecure=True)
+    folder = node.base / "client-config"
+    KnownNodes(folder).trust(tcp, load(node.data_dir).public_text)
+    client = Client(tcp, timeout=30, config_dir=folder, user="bench", password="bench-password")
+    client.login()
+    return client
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=1024, help="calls in flight in the throughput run")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--curve", action="store_const", const="curve", dest="transport",
+                      help="over tcp with CURVE, a login and authorization (a user with RUN_TASK only)")
+    mode.add_argument("--insecure", action="store_const", const="insecure", dest="transport",
+                      help="over plain tcp to a node run with --insecure")
     args = parser.parse_args(argv)
-    result = run(args.latency_calls, args.calls, args.window, args.cpus, args.workers)
+    result = run(args.latency_calls, args.calls, args.window, args.cpus, args.workers,
+                 transport=args.transport or "ipc")
     print_result(result, args.json)
     return 0

@@ -7,7 +7,7 @@
 
 from .client import AsyncResult, Client, Function, Signature
 from .declare import Plug, Processor, ProcessorBase, Socket, plug, processor, socket
-from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
+from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError, UnknownServerKey
 from .workflows import Funnel, Parallel, Pipeline, Workflow, funnel, parallel, pipeline
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ServerError",
     "Signature",
     "Socket",
+    "UnknownServerKey",
     "Workflow",
     "funnel",
     "parallel",

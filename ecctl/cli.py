@@ -25,7 +25,8 @@ import protocol
 from . import output, spec
 from .client import DEFAULT_DRAIN_TIMEOUT
 from .context import DEFAULT_TIMEOUT, State, json_option, show, state_of
-from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError, SpecError
+from .access_cli import login_cmd, logout_cmd, trust_cmd, whoami_cmd
+from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError, SpecError, UnknownServerKey
 from .objects import add_group, delete_cmd, ls_group, proc_group, update_group
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (NoDaemon, SpecError) as exc:
+        except (NoDaemon, SpecError, UnknownServerKey) as exc:
             _fail(ctx, str(exc), 2)
         except RemoteError as exc:
             _fail(ctx, f"{exc} (call {exc.call_id})", 1)
@@ -62,7 +63,7 @@ def _load_config(path: str | None) -> dict[str, Any]:
             data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from exc
-    unknown = set(data) - {"endpoint", "timeout"}
+    unknown = set(data) - {"endpoint", "timeout", "server_key"}
     if unknown:
         log.warning("ignoring unknown config keys: %s", ", ".join(sorted(unknown)))
     return data
@@ -76,18 +77,24 @@ def _load_config(path: str | None) -> dict[str, Any]:
               help=f"Per-request deadline (default {DEFAULT_TIMEOUT:g}); env EC_TIMEOUT.")
 @click.option("--config", "config_path", envvar="EC_CONFIG", type=click.Path(dir_okay=False),
               metavar="FILE", help="TOML file with `endpoint` and `timeout` keys.")
+@click.option("--server-key", envvar="EC_SERVER_KEY", metavar="KEY",
+              help="The public key of the (first) node, as `ecd keys show` prints it; env EC_SERVER_KEY "
+                   "(else the key `ecctl trust` stored for the endpoint).")
+@click.option("--insecure", is_flag=True, envvar="EC_INSECURE", default=None,
+              help="Plain tcp, for a node run with --insecure (no CURVE, no login); env EC_INSECURE=on.")
 @json_option
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages to stderr.")
 @click.pass_context
 def cli(ctx: click.Context, endpoint: str | None, timeout: float | None, config_path: str | None,
-        json_flag: bool, verbose: bool) -> None:
+        server_key: str | None, insecure: bool | None, json_flag: bool, verbose: bool) -> None:
     """Drive an ElasticCode ecd daemon."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     config = _load_config(config_path)
     if timeout is None:
         timeout = float(config.get("timeout", DEFAULT_TIMEOUT))
-    state = State(endpoint=endpoint or config.get("endpoint"), timeout=timeout, json=json_flag)
+    state = State(endpoint=endpoint or config.get("endpoint"), timeout=timeout, json=json_flag,
+                  server_key=server_key or config.get("server_key"), insecure=insecure)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -204,6 +211,10 @@ def status_cmd(ctx: click.Context, json_flag: bool) -> None:
     click.echo(f"node {s.get('node')}  version {s.get('version')}  pid {s.get('pid')}  "
                f"uptime {output.fmt_duration(s.get('uptime'))}")
     click.echo(f"cpus {s.get('cpus')}  busy {s.get('busy')}")
+    if s.get("insecure"):
+        click.echo("insecure: true  (plain tcp, no authentication: anyone who reaches the node owns it)")
+    elif s.get("key"):
+        click.echo(f"key {s.get('key')}")
     click.echo()
     click.echo(output.table(
         ["Processor", "Status", "Workers", "Busy", "Idle", "Reason"],
@@ -415,7 +426,8 @@ def node_undrain_cmd(ctx: click.Context, name: str, json_flag: bool) -> None:
     show(state, reply, f"node {name}: undrained")
 
 
-for _command in (add_group, update_group, delete_cmd, ls_group, proc_group):
+for _command in (add_group, update_group, delete_cmd, ls_group, proc_group, trust_cmd, login_cmd, logout_cmd,
+                 whoami_cmd):
     cli.add_command(_command)
 # ``ls nodes`` shows the mesh columns above instead of the plain listing of ecctl.objects.
 ls_group.add_command(ls_nodes_cmd)

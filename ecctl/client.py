@@ -19,6 +19,13 @@ Calls are durable once :meth:`Client.call` returns: the daemon answered ACCEPTED
 write-ahead log committed the call. A CALL that gets no answer is re-sent with the same call id
 (the daemon answers duplicates with ``duplicate=True`` and does not queue them twice), so a
 submit is idempotent. Results are fetched with long-polling GETs until the caller's deadline.
+
+Trust (:mod:`ecctl.trust`): a ``tcp://`` endpoint is reached over CURVE with the client's own key
+pair (from the config folder), and only when the node's public key is known (``server_key`` for
+the first endpoint, ``EC_SERVER_KEY``, or ``known_nodes``): a client never talks to a node it cannot
+check. Requests over tcp act as the user the client's key is logged in as (``ecctl login``, or
+``Client(user=..., password=...)``, which logs in when needed and again when its login expired).
+``insecure=True`` (``EC_INSECURE=on``) talks plain tcp, to a node run with ``--insecure``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ import zmq
 
 import protocol
 
-from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError
+from .access_client import AccessCalls
+from .errors import CallTimeout, EcctlError, NoDaemon, RemoteError, ServerError, UnknownServerKey
+from .trust import ClientKeys, KnownNodes, client_keys, curve_client, is_key
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +103,15 @@ def _ipc_path(endpoint: str) -> str | None:
     return path
 
 
-class Client:
+def _is_login(msg: Any) -> bool:
+    return isinstance(msg, protocol.Admin) and msg.op in ("login", "logout", "mesh_keys")
+
+
+def _on(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Client(AccessCalls):
     """Connection to an ecd daemon, or to one of several (``"tcp://a:7800,tcp://b:7800"``).
 
     ``timeout`` is the deadline of one request (a CALL is re-sent inside it); ``connect_timeout``
@@ -102,12 +119,32 @@ class Client:
     endpoints, every endpoint gets at least one ``attempt_timeout`` first). With several
     endpoints one attempt lasts ``attempt_timeout`` (plus the GET long-poll wait) before the
     next endpoint is tried; see the module docstring.
+
+    ``server_key`` is the public key of the (first) node (else ``EC_SERVER_KEY``, else the
+    ``known_nodes`` file); ``user`` and ``password`` log this client in when it needs to;
+    ``insecure`` talks plain tcp (``EC_INSECURE``); ``config_dir`` is where the known keys and the
+    client's key pair live (``EC_CONFIG_DIR``).
     """
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  connect_timeout: float = 5.0, resend_interval: float | None = None,
-                 attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT) -> None:
+                 attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT, server_key: str | None = None,
+                 user: str | None = None, password: str | None = None, insecure: bool | None = None,
+                 config_dir: str | os.PathLike[str] | None = None) -> None:
         self._endpoints = resolve_endpoints(endpoint)
+        key = server_key or os.environ.get("EC_SERVER_KEY") or None
+        if key is not None and not is_key(key):
+            raise EcctlError(f"server key {key[:60]!r} is not a node key: expected the 40 characters "
+                             "`ecd keys show` prints")
+        self.server_key = key
+        self.user = user
+        self._password = password
+        self.insecure = _on(os.environ.get("EC_INSECURE")) if insecure is None else bool(insecure)
+        from pathlib import Path
+        self.config_dir = Path(config_dir) if config_dir is not None else None
+        self._keys: ClientKeys | None = None
+        self._logged_in = False
+        self._learned = False
         self._index = 0              # the endpoint in use
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
@@ -150,10 +187,28 @@ class Client:
             self._sock = self._connect(self._ctx, self.endpoint)
         return self._sock
 
-    @staticmethod
-    def _connect(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-        """A DEALER connected to ``endpoint`` with the client's options."""
+    def key_of(self, endpoint: str) -> str:
+        """The public key this client trusts for a tcp ``endpoint``; UnknownServerKey when none."""
+        if self.server_key is not None and endpoint == self._endpoints[0]:
+            return self.server_key
+        known = KnownNodes(self.config_dir).get(endpoint)
+        if known is None:
+            raise UnknownServerKey(endpoint)
+        return known
+
+    @property
+    def keys(self) -> ClientKeys:
+        """This client's CURVE key pair (from the config folder; made there at first use)."""
+        if self._keys is None:
+            self._keys = client_keys(self.config_dir)
+        return self._keys
+
+    def _connect(self, ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+        """A DEALER connected to ``endpoint`` with the client's options (CURVE on tcp)."""
+        server_key = self.key_of(endpoint) if endpoint.startswith("tcp://") and not self.insecure else None
         sock = ctx.socket(zmq.DEALER)
+        if server_key is not None:
+            curve_client(sock, self.keys, server_key)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -195,12 +250,12 @@ class Client:
         self.close()
 
     def __del__(self) -> None:
-        sock = getattr(self, "_sock", None)
-        if sock is not None and getattr(self, "_pid", None) == os.getpid():
-            try:
+        try:
+            sock = getattr(self, "_sock", None)
+            if sock is not None and getattr(self, "_pid", None) == os.getpid():
                 sock.close(linger=0)
-            except Exception:  # interpreter shutdown: nothing left to do
-                pass
+        except Exception:  # interpreter shutdown (modules already gone): nothing left to do
+            pass
 
     # -- requests ------------------------------------------------------------------------
 
@@ -259,14 +314,79 @@ class Client:
         Raises NoDaemon, CallTimeout, or ServerError for an ERROR reply.
         """
         with self._lock:
-            if self._several:
-                reply = self._request_failover(msg, wait, timeout)
-            else:
-                reply = self._request_one(msg, wait, resend, timeout)
-            self._answered = True
+            if self._password is not None and not self._logged_in and self._needs_login():
+                self._login_locked()
+            reply = self._send_request(msg, wait, resend, timeout)
+            if (isinstance(reply, protocol.Error) and reply.code == protocol.E_UNAUTHORIZED
+                    and self._password is not None and not _is_login(msg)):
+                self._login_locked()  # the login expired (or was revoked): once more, then the same request
+                reply = self._send_request(msg, wait, resend, timeout)
+            if not self._learned and self._several and not isinstance(reply, protocol.Error):
+                self._learn_locked()
         if isinstance(reply, protocol.Error):
             raise ServerError(reply.code, reply.reason, reply.detail)
         return reply
+
+    def _send_request(self, msg: Any, wait: float, resend: bool, timeout: float | None) -> Any:
+        if self._several:
+            reply = self._request_failover(msg, wait, timeout)
+        else:
+            reply = self._request_one(msg, wait, resend, timeout)
+        self._answered = True
+        return reply
+
+    def _needs_login(self) -> bool:
+        """Does the endpoint in use authenticate (CURVE tcp)? The ipc socket and --insecure need none."""
+        return self.endpoint.startswith("tcp://") and not self.insecure
+
+    # -- login --------------------------------------------------------------------------------
+
+    def login(self, user: str | None = None, password: str | None = None) -> dict[str, Any]:
+        """Prove ``user``'s password to the node (over CURVE) and bind this client's key to that
+        user for the node's session time, on every node of its mesh; returns ``{"user", "roles",
+        "rights", "expires", "node"}``. Given once, ``user`` and ``password`` are kept, and the
+        client logs in again by itself when its login has expired."""
+        with self._lock:
+            if user is not None:
+                self.user = user
+            if password is not None:
+                self._password = password
+            return self._login_locked()
+
+    def _login_locked(self) -> dict[str, Any]:
+        if not self.user or self._password is None:
+            raise EcctlError("a login needs a user and a password")
+        reply = self._send_request(protocol.Admin(op="login", args={"user": self.user, "password": self._password}),
+                                   0.0, False, None)
+        if isinstance(reply, protocol.Error):
+            raise ServerError(reply.code, reply.reason, reply.detail)
+        self._logged_in = True
+        if not self._learned:
+            self._learn_locked()
+        return reply.data
+
+    def _learn_locked(self) -> None:
+        """Ask the node in use for the keys of its mesh's members (so failover to them works),
+        once; kept in ``known_nodes`` where no key is known yet."""
+        self._learned = True
+        if not self._needs_login():
+            return
+        try:
+            reply = self._send_request(protocol.Admin(op="mesh_keys", args={}), 0.0, False, None)
+        except EcctlError as exc:
+            log.debug("cannot learn the mesh's keys: %s", exc)
+            return
+        if not isinstance(reply, protocol.Reply) or not isinstance(reply.data, list):
+            return
+        learned = {endpoint: entry.get("key") for entry in reply.data if isinstance(entry, dict)
+                   for endpoint in entry.get("endpoints") or () if isinstance(endpoint, str)}
+        try:
+            new = KnownNodes(self.config_dir).learn({e: k for e, k in learned.items() if isinstance(k, str)})
+        except OSError as exc:
+            log.warning("cannot keep the mesh's keys: %s", exc)
+            return
+        if new:
+            log.info("learned the keys of %d endpoint(s) of the mesh", new)
 
     def _deadline(self, wait: float, timeout: float | None, connect: float) -> float:
         """Deadline of a request; bounded by ``connect`` while no daemon has answered yet."""
@@ -306,6 +426,7 @@ class Client:
                                   max(self.connect_timeout, count * self.attempt_timeout))
         unavailable: dict[str, Any] = {}   # endpoint -> its ERROR 503 in this request
         unusable: dict[str, str] = {}      # endpoint -> why it could not be tried this round
+        keyless: dict[str, UnknownServerKey] = {}  # tcp endpoints with no key known
         attempts = 0
         while True:
             endpoint = self.endpoint
@@ -317,6 +438,9 @@ class Client:
                 try:
                     attempt = min(remaining, self.attempt_timeout + wait)
                     reply = self._exchange(msg, max(attempt, 0.0))
+                except UnknownServerKey as exc:  # no key to check it by: never used
+                    keyless[endpoint] = exc
+                    unusable[endpoint] = str(exc)
                 except EcctlError as exc:   # the endpoint cannot be connected
                     log.warning("%s", exc)
                     unusable[endpoint] = str(exc)
@@ -341,6 +465,8 @@ class Client:
             if attempts % count == 0:            # a full round: never spin
                 if len(unusable) == count and set(unusable.values()) == {"has no socket file"}:
                     raise NoDaemon(self._all())   # as with one endpoint: no daemon runs
+                if len(keyless) == count:
+                    raise next(iter(keyless.values()))  # not one node this client can check
                 unusable.clear()
                 time.sleep(max(0.0, min(_RETRY_PAUSE, deadline - time.monotonic())))
 
@@ -482,6 +608,9 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         rid = os.urandom(8)
         ctx = zmq.Context.instance()
+        with self._lock:
+            if self._password is not None and not self._logged_in and self._needs_login():
+                self._login_locked()
         index = self._index
         sock = self._connect(ctx, self._endpoints[index])
         renew_at = 0.0
@@ -551,6 +680,8 @@ class Client:
                 self._skip_unreachable(raise_if_none=True)
             else:
                 self._check_ipc()
+            if self._password is not None and not self._logged_in and self._needs_login():
+                self._login_locked()
             sock = self._socket()
             request_ids: set[bytes] = set()
             next_entry = done = 0

@@ -29,13 +29,16 @@ class State:
     endpoint: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     json: bool = False
+    server_key: str | None = None
+    insecure: bool | None = None
     _client: Client | None = field(default=None, repr=False)
 
     @property
     def client(self) -> Client:
         """The Client, created on first use."""
         if self._client is None:
-            self._client = Client(self.endpoint, timeout=self.timeout)
+            self._client = Client(self.endpoint, timeout=self.timeout, server_key=self.server_key,
+                                  insecure=self.insecure)
         return self._client
 
     def close(self) -> None:

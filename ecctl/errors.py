@@ -7,7 +7,8 @@ Every error the client raises on purpose derives from :class:`EcctlError`::
     ├── RemoteError     the user's code raised (carries type, message, traceback, call id)
     ├── ServerError     the daemon refused a request (carries the protocol error code)
     ├── CallTimeout     the deadline passed (also a :class:`TimeoutError`)
-    └── SpecError       a network file (``ecctl apply -f``) cannot be read or is no network spec
+    ├── SpecError       a network file (``ecctl apply -f``) cannot be read or is no network spec
+    └── UnknownServerKey  no key is known for a tcp endpoint (``ecctl trust``)
 """
 
 from __future__ import annotations
@@ -70,3 +71,13 @@ class SpecError(EcctlError):
         super().__init__(f"{source}: {message}")
         self.source = source
         self.message = message
+
+
+class UnknownServerKey(EcctlError):
+    """No key is known for a tcp endpoint: the client cannot check who answers there."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(
+            f"the key of the node at {endpoint} is unknown: ask its operator for `ecd keys show`, "
+            f"then run `ecctl trust {endpoint} KEY` (or give --server-key KEY)")
+        self.endpoint = endpoint

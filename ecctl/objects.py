@@ -102,6 +102,8 @@ FIELDS: dict[str, tuple[Opt, ...]] = {
         Opt(("--endpoint",), "endpoint", "Where its ecd listens (tcp://host:port).", metavar="URL"),
         Opt(("--cpus",), "cpus", "CPUs it offers (default 1).", click.IntRange(min=1)),
         _DESCRIPTION,
+        Opt(("--key",), "key", "Its public key (`ecd keys show` there): peers admit only registered keys; "
+            "a new key revokes the old one.", metavar="KEY"),
     ),
     "processor": (
         Opt(("-g", "--gitrepo"), "gitrepo", "Git repo URL.", required=True),
@@ -259,16 +261,25 @@ for _kind in KINDS:
     update_group.add_command(_object_command(_kind, add=False))
 
 
-@click.command("delete")
-@click.argument("kind", type=click.Choice(KINDS))
-@click.option("-n", "--name", required=True)
-@json_option
-@click.pass_context
-def delete_cmd(ctx: click.Context, kind: str, name: str, json_flag: bool) -> None:
+@click.group("delete", cls=_KindGroup)
+def delete_cmd() -> None:
     """Delete an object (refused while something refers to it)."""
-    state = state_of(ctx, json_flag)
-    obj = state.client.delete(kind, name)
-    show(state, obj, f"deleted {kind} {name}")
+
+
+def _delete_command(kind: str) -> click.Command:
+    @click.pass_context
+    def callback(ctx: click.Context, name: str, json_flag: bool) -> None:
+        state = state_of(ctx, json_flag)
+        obj = state.client.delete(kind, name)
+        show(state, obj, f"deleted {kind} {name}")
+
+    return click.Command(kind, callback=callback, help=f"Delete a {kind} (refused while something refers to it).",
+                         params=[click.Option(["-n", "--name"], required=True, help=f"Name of the {kind}."),
+                                 json_param()])
+
+
+for _kind in KINDS:
+    delete_cmd.add_command(_delete_command(_kind))
 
 
 # ------------------------------------------------------------------------------------ proc

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import protocol
 
 from . import calls as C
-from .errors import EcdError, InvalidName, NotFound, StillReferenced, StoreUnavailable
+from .access import can_see_call, change_right
+from .errors import EcdError, Forbidden, InvalidName, NotFound, StillReferenced, StoreUnavailable
 from .provenance import MAX_CALLS, VIEWS, merge_history
 
 if TYPE_CHECKING:
@@ -41,28 +42,44 @@ _PROC_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _mutation(op: str, args: dict[str, Any]) -> Callable[[Any], Any] | None:
-    """The store call an admin op makes, or None when ``op`` is not a topology change."""
+Mutation = Callable[[Any, dict[str, Any]], Any]
+
+
+def _mutation(op: str, args: dict[str, Any], allowed: Callable[[list[dict[str, Any]]], None]) -> Mutation | None:
+    """The store call an admin op makes (given the store and the audit row written with it), or
+    None when ``op`` is not a topology change. ``allowed`` refuses the changes of an ``apply`` the
+    caller has no right to make."""
     action, _, kind = op.partition("_")
     if kind in KINDS and action == "add":
-        return lambda store: store.add(kind, **args)
+        return lambda store, audit: store.add(kind, audit=audit, **args)
     if kind in KINDS and action == "update":
         fields = {k: v for k, v in args.items() if k != "name"}
-        return lambda store: store.update(kind, _name(args), **fields)
+        return lambda store, audit: store.update(kind, _name(args), audit=audit, **fields)
     if kind in KINDS and action == "delete":
-        return lambda store: store.delete(kind, _name(args))
+        return lambda store, audit: store.delete(kind, _name(args), audit=audit)
     if action == "proc" and kind in _PROC_FIELDS:
-        return lambda store: store.update("processor", _name(args), **_PROC_FIELDS[kind])
+        return lambda store, audit: store.update("processor", _name(args), audit=audit, **_PROC_FIELDS[kind])
     if op == "proc_restart":
-        return lambda store: store.restart_processor(_name(args))
+        return lambda store, audit: store.restart_processor(_name(args), audit=audit)
     if op == "proc_remove":
-        return lambda store: store.remove_processor(_name(args))
+        return lambda store, audit: store.remove_processor(_name(args), audit=audit)
     if op == "apply":
         spec = args.get("spec")
         if not isinstance(spec, dict):
             raise InvalidName("apply needs a spec: a map of queues, processors, sockets, ...")
-        return lambda store: store.apply(spec, dry_run=bool(args.get("dry_run")), prune=bool(args.get("prune")))
+        return lambda store, audit: store.apply(spec, dry_run=bool(args.get("dry_run")), prune=bool(args.get("prune")),
+                                                allowed=allowed, audit=audit)
     return None
+
+
+def _audit_object(op: str, args: dict[str, Any]) -> str:
+    if op == "apply":
+        spec = args.get("spec") if isinstance(args.get("spec"), dict) else {}
+        return ("dry run " if args.get("dry_run") else "") + ", ".join(f"{k}: {len(v or ())}" for k, v in spec.items()
+                                                                       if isinstance(v, (list, dict)))[:280]
+    action, _, kind = op.partition("_")
+    name = args.get("name") if isinstance(args.get("name"), str) else ""
+    return f"{'processor' if action == 'proc' else kind} {name}".strip()
 
 
 def _name(args: dict[str, Any]) -> str:
@@ -80,7 +97,10 @@ class AdminHandler:
 
     def handle(self, peer: "Peer", msg: protocol.Admin) -> None:
         op, args = msg.op, dict(msg.args)
-        mutation = _mutation(op, args)
+        if self.node.access_admin.handles(op):
+            self.node.access_admin.handle(peer, msg)
+            return
+        mutation = _mutation(op, args, lambda changes: self._allowed(peer, changes))
         if mutation is not None:
             self._mutate(peer, msg.request_id, op, args, mutation)
         elif op.startswith("ls_") and op[3:] in _LISTINGS:
@@ -98,18 +118,21 @@ class AdminHandler:
         else:
             raise NotFound(f"unknown admin op '{op}'")
 
+    def _allowed(self, peer: "Peer", changes: list[dict[str, Any]]) -> None:
+        """An ``apply`` needs the right of every change it makes (runs in its transaction, on the
+        database thread: reads only the immutable principal)."""
+        principal = peer.principal
+        for change in changes:
+            right, generic = change_right(change)
+            if not principal.has_any((right, generic)):
+                raise Forbidden(f"permission denied: {principal.label} lacks {right} "
+                                f"(to {change.get('action')} {change.get('kind')} {change.get('name')})", right)
+
     def _reply(self, peer: "Peer", request_id: bytes, data: Any) -> None:
         self.node.frontend.send(peer, protocol.Reply(data=data, request_id=request_id))
 
     def _fail(self, peer: "Peer", request_id: bytes, error: BaseException) -> None:
-        if isinstance(error, EcdError):
-            code, reason = error.code, error.message
-        elif isinstance(error, TypeError):
-            code, reason = protocol.E_INVALID, f"bad arguments: {error}"
-        else:
-            logger.error("admin request failed: %r", error)
-            code, reason = protocol.E_INTERNAL, "internal error (see the ecd log)"
-        self.node.frontend.send(peer, protocol.Error(code=code, reason=reason, detail={}, request_id=request_id))
+        self.node.frontend.send(peer, failure(error, request_id))
 
     # -- topology changes -----------------------------------------------------------------------
 
@@ -120,18 +143,25 @@ class AdminHandler:
         if op in ("delete_socket", "proc_remove"):
             self._refuse_unfinished(op, _name(args))
         base, epoch = node.topology.version, node.topology.epoch
+        principal = peer.principal
+        audit = node.audit.row(user=principal.label, key=principal.key, op=op, object=_audit_object(op, args))
 
         def work() -> tuple[Any, Any]:
-            result = mutation(store)
+            result = mutation(store, audit)
             return result, store.changes_since(base, epoch)
 
         def done(outcome: Any, error: BaseException | None) -> None:
             if error is not None:
                 node.sync.note_error(error)
+                if isinstance(error, Forbidden):
+                    node.guard.deny(principal, f"admin:{op}", audit["object"], error)
+                elif isinstance(error, EcdError) and not isinstance(error, StoreUnavailable):
+                    node.audit.record(user=principal.label, key=principal.key, op=op, object=audit["object"],
+                                      outcome=f"error ({error.code}): {error.message}")
                 self._fail(peer, request_id, error)
                 return
             result, delta = outcome
-            logger.info("admin %s %s", op, args.get("name", ""))
+            logger.info("admin %s %s by %s", op, args.get("name", ""), principal.label)
             # answer once this node runs on the new topology: a client that adds a socket and
             # calls it at once never sees "unknown socket"
             node.sync.catch_up(delta, base, lambda: self._reply(peer, request_id, self._result(op, result)))
@@ -216,9 +246,14 @@ class AdminHandler:
         socket = args.get("socket")
         if socket is not None and (not isinstance(socket, str) or not socket):
             raise InvalidName("socket must be a socket name")
+        user = args.get("user")
+        if user is not None and (not isinstance(user, str) or not user):
+            raise InvalidName("user must be a user name")
+        if not peer.principal.has("READ"):
+            user = peer.principal.label  # without READ, one's own calls only
         history = self.node.history
         if history is None:
-            self._reply(peer, request_id, self._local_calls(page, rows, unfinished, socket))
+            self._reply(peer, request_id, self._local_calls(page, rows, unfinished, socket, user))
             return
 
         def done(data: Any, error: BaseException | None) -> None:
@@ -227,19 +262,21 @@ class AdminHandler:
                 if not isinstance(error, StoreUnavailable):
                     self._fail(peer, request_id, error)
                     return
-                data = self._local_calls(page, rows, unfinished, socket)
+                data = self._local_calls(page, rows, unfinished, socket, user)
             else:
                 data = {**data, "source": "history"}
             self._reply(peer, request_id, data)
 
-        history.then(lambda: history.history.page(page, rows, unfinished=unfinished, socket=socket), done)
+        history.then(lambda: history.history.page(page, rows, unfinished=unfinished, socket=socket, user=user), done)
 
-    def _local_calls(self, page: int, rows: int, unfinished: bool, socket: str | None) -> dict[str, Any]:
+    def _local_calls(self, page: int, rows: int, unfinished: bool, socket: str | None,
+                     user: str | None = None) -> dict[str, Any]:
         offset = (page - 1) * rows
-        if socket is None:
+        if socket is None and user is None:
             total, records = self.node.wal.recent(rows, offset, unfinished)
         else:  # filtered walk of the newest part of the local log (the history is the fast path)
-            matching = [r for r in self.node.wal.recent(LOCAL_SCAN, 0, unfinished)[1] if r.get("socket") == socket]
+            matching = [r for r in self.node.wal.recent(LOCAL_SCAN, 0, unfinished)[1]
+                        if (socket is None or r.get("socket") == socket) and (user is None or r.get("user") == user)]
             total, records = len(matching), matching[offset:offset + rows]
         calls = [C.summary_view(self.node.active.get(record["id"], record)) for record in records]
         return {"total": total, "page": page, "pages": max(1, -(-total // rows)), "rows": rows,
@@ -253,6 +290,8 @@ class AdminHandler:
         if len(views) > 1:
             raise InvalidName("give one of tree, graph and flow")
         record = self.node.active.get(call_id) or self.node.wal.get(call_id)
+        if record is not None and not can_see_call(peer.principal, record):
+            raise NotFound(f"unknown call id '{call_id}'")  # another user's call is not there for it
         if views:
             self._provenance(peer, request_id, call_id, record, views[0], bool(args.get("result")))
             return
@@ -271,7 +310,7 @@ class AdminHandler:
             raise NotFound(f"unknown call id '{call_id}'")
 
         def done(found: Any, error: BaseException | None) -> None:
-            if error is None and found is None:
+            if error is None and (found is None or not can_see_call(peer.principal, found)):
                 error = NotFound(f"unknown call id '{call_id}'")
             if error is not None:
                 self._fail(peer, request_id, error)
@@ -302,7 +341,7 @@ class AdminHandler:
             return start, history.history.run(start.get("root") or start["id"], MAX_CALLS)
 
         def done(found: Any, error: BaseException | None) -> None:
-            if error is None and found[0] is None:
+            if error is None and (found[0] is None or not can_see_call(peer.principal, found[0])):
                 error = NotFound(f"unknown call id '{call_id}'")
             if error is not None:
                 if answer is not None and isinstance(error, StoreUnavailable):
@@ -316,6 +355,19 @@ class AdminHandler:
             self._reply(peer, request_id, merge_history(base, rows, with_result))
 
         history.then(work, done)
+
+
+def failure(error: BaseException, request_id: bytes) -> protocol.Error:
+    """The ERROR answering an admin request that failed with ``error`` (a bug is logged and
+    answered 500 without details)."""
+    if isinstance(error, EcdError):
+        code, reason = error.code, error.message
+    elif isinstance(error, TypeError):
+        code, reason = protocol.E_INVALID, f"bad arguments: {error}"
+    else:
+        logger.error("admin request failed: %r", error)
+        code, reason = protocol.E_INTERNAL, "internal error (see the ecd log)"
+    return protocol.Error(code=code, reason=reason, detail={}, request_id=request_id)
 
 
 def _int_arg(args: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:

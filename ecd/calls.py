@@ -44,7 +44,7 @@ KINDS = frozenset({CALL, FLOW, JOIN})
 PUBLIC_FIELDS = (
     "id", "seq", "owner", "node", "socket", "processor", "function", "state", "attempts",
     "max_retries", "created", "started", "finished", "worker", "error", "parent", "root",
-    "kind", "via", "children", "flow", "step", "parents",
+    "kind", "via", "children", "flow", "step", "parents", "user",
 )
 
 
@@ -226,6 +226,17 @@ def mark_moved(record: dict[str, Any], note: str, now: float | None = None, refu
     mark_requeued(record, note, now, refund)
 
 
+def set_replicas(record: dict[str, Any], replicas: list[str]) -> None:
+    """Give the record new replicas. ``holders`` keeps every node that ever held a copy of the
+    call (its owners and replicas, old and new): who may take it over or relay its copies
+    (:mod:`ecd.integrity`), even after the owner replaced a replica it lost."""
+    holders = set(record.get("holders") or ()) | set(record.get("replicas") or ()) | set(replicas)
+    if isinstance(record.get("owner"), str):
+        holders.add(record["owner"])
+    record["holders"] = sorted(holders)
+    record["replicas"] = list(replicas)
+
+
 def error_dict(type_: str, message: str, traceback: str = "") -> dict[str, str]:
     return {"type": type_, "message": message, "traceback": traceback}
 
@@ -244,5 +255,5 @@ def summary_view(record: dict[str, Any]) -> dict[str, Any]:
     return {
         name: record.get(name)
         for name in ("id", "socket", "state", "attempts", "created", "started", "finished", "node",
-                     "parent", "root", "via")
+                     "parent", "root", "via", "user")
     } | {"kind": kind_of(record)}

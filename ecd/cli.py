@@ -1,5 +1,6 @@
 """The ``ecd`` command: ``ecd run`` starts a node in the foreground (systemd runs it this way);
-``ecd db init|migrate|drop|dump`` manages the topology database (see :mod:`ecd.dbcli`).
+``ecd db init|migrate|drop|dump`` manages the topology database (see :mod:`ecd.dbcli`);
+``ecd keys show|init`` prints (or makes) the node's CURVE public key.
 
 Options override the ``--config`` TOML file and ``EC_*`` environment variables (see
 :mod:`ecd.config`). Exit codes: 0 after a clean stop, 2 for bad configuration, 1 otherwise.
@@ -52,6 +53,13 @@ def cli() -> None:
               help="Refuse calls while fewer than --replicas nodes are alive (else accept with fewer). [off]")
 @click.option("--heartbeat", type=click.FloatRange(min=0.05), metavar="SECONDS",
               help="Seconds between heartbeats to peers; a peer is dead after 5 missed. [0.5]")
+@click.option("--insecure/--secure", default=None,
+              help="Serve tcp without CURVE and without authentication: anyone who reaches the port owns "
+                   "the node. Only for a loopback address (see --insecure-bind-any). [secure]")
+@click.option("--insecure-bind-any", is_flag=True, default=None,
+              help="With --insecure, also allow a tcp --listen on a non-loopback address.")
+@click.option("--session-ttl", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Seconds a login (ecctl login) lasts. [43200]")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(config_file: str | None, **options: object) -> None:
     """Run a node in the foreground until SIGTERM."""
@@ -79,6 +87,53 @@ def run(config_file: str | None, **options: object) -> None:
 
 
 cli.add_command(db)
+
+
+def _data_dir_option(fn: object) -> object:
+    return click.option("--data-dir", type=click.Path(file_okay=False), envvar="EC_DATA_DIR",
+                        default="/var/lib/ec", show_default=True, help="The node's state directory.")(fn)
+
+
+@cli.group()
+def keys() -> None:
+    """The node's CURVE key pair (made at first start under <data-dir>/keys/)."""
+
+
+@keys.command("show")
+@_data_dir_option
+def keys_show(data_dir: str) -> None:
+    """Print the node's public key (Z85), for `ecctl trust` and `ecctl add node --key`."""
+    from pathlib import Path
+
+    from .keys import load
+
+    try:
+        pair = load(Path(data_dir).expanduser().resolve())
+    except ConfigError as exc:
+        click.echo(f"ecd: {exc.message}", err=True)
+        sys.exit(2)
+    click.echo(pair.public_text)
+
+
+@keys.command("init")
+@_data_dir_option
+def keys_init(data_dir: str) -> None:
+    """Make the node's key pair now (if it has none) and print its public key: a node can be
+    admitted (`ecctl add node -n NAME --key KEY`) before its first start."""
+    from pathlib import Path
+
+    from .keys import load_or_create
+
+    try:
+        path = Path(data_dir).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        pair, created = load_or_create(path)
+    except (ConfigError, OSError) as exc:
+        click.echo(f"ecd: {getattr(exc, 'message', exc)}", err=True)
+        sys.exit(2)
+    if created:
+        click.echo(f"made a new key pair in {path / 'keys'}", err=True)
+    click.echo(pair.public_text)
 
 
 def main() -> None:

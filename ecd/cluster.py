@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import protocol
 
 from . import calls as C
+from .access import can_see_call
+from .integrity import holders, refusal
 from .mesh import ALIVE, DEAD, Member, Mesh
 
 if TYPE_CHECKING:
@@ -136,7 +138,9 @@ def _valid_record(rec: Any) -> bool:
             and all(_is_time(rec.get(k)) for k in ("created", "started", "finished", "not_before", "retry_delay",
                                                       "timelimit"))
             and isinstance(rec.get("events"), list) and all(isinstance(e, list) for e in rec["events"])
-            and isinstance(rec.get("replicas", []), list) and all(isinstance(n, str) for n in rec.get("replicas", [])))
+            and isinstance(rec.get("replicas", []), list) and all(isinstance(n, str) for n in rec.get("replicas", []))
+            and isinstance(rec.get("user", ""), str)
+            and isinstance(rec.get("holders", []), list) and all(isinstance(n, str) for n in rec.get("holders", [])))
 
 
 def _run_key(record: dict[str, Any]) -> str:
@@ -191,9 +195,11 @@ class Gate:
 
 @dataclass
 class RemoteWaiter:
-    """A GET held here for another node (FIND): its answer goes back as FOUND."""
+    """A GET held here for another node (FIND): its answer goes back as FOUND, with the user
+    whose call it is (the asking node shows it only to that user, or to one with READ)."""
     node_id: str
     token: str
+    user: str = ""
 
     def __hash__(self) -> int:
         return hash((self.node_id, self.token))
@@ -259,6 +265,9 @@ class Cluster:
         self.owed: dict[str, set[str]] = {}
         self.under_replicated = 0
         self.taken_over = 0
+        self.refused_records = 0  # copies refused: the sender may not write them (ecd.integrity)
+        self.runners: dict[str, set[str]] = {}  # call -> members it was leased to (their late COMPLETE counts)
+        self._lease_replicas: dict[str, set[str]] = {}  # call run here for an owner -> its replicas
         self._next_repair = 0.0
         self._next_lease_check = 0.0
         self._next_resync = time.monotonic() + RESYNC_EVERY
@@ -357,7 +366,7 @@ class Cluster:
                 spare = [n for n in spare[:missing] if self.mesh.send(n, protocol.REPLICATE, {"records": [rec]})]
                 held = self.gates.get((gate, rec["id"])) if gate else None
                 if spare:
-                    rec["replicas"] = kept + spare
+                    C.set_replicas(rec, kept + spare)
                     if held is not None:
                         held.need.update(spare)
                         held.need.discard(node_id)
@@ -535,6 +544,8 @@ class Cluster:
             if not _valid_record(rec) or rec.get("superseded"):
                 logger.warning("dropped a malformed record replicated by %s", sender.name)
                 continue
+            if not self._entitled(sender, rec, "REPLICATE"):
+                continue
             current = self._current(rec["id"])
             if current is not None and _rival(current, rec) and not wins(rec, current):
                 duplicates.append([rec["id"], current["owner"]])  # the sender holds a duplicate
@@ -554,6 +565,16 @@ class Cluster:
                                  writes)
         elif acks:
             self.mesh.send(sender.node_id, protocol.REPLICATED, {"acks": acks})
+
+    def _entitled(self, sender: Member, rec: dict[str, Any], via: str) -> bool:
+        """May ``sender`` give this node ``rec``? (:func:`ecd.integrity.refusal`; refusals are
+        counted and logged, and the record is dropped.)"""
+        draining = {m.node_id for m in self.mesh.members.values() if m.draining}
+        why = refusal(sender.node_id, rec, self._current(rec["id"]), self.me, draining)
+        if why:
+            self.refused_records += 1
+            logger.warning("refused call %s from node %s (%s): %s", rec["id"], sender.name or sender.node_id, via, why)
+        return not why
 
     def replica_committed(self, info: tuple[str, list[list[Any]], list[str]], error: Exception | None) -> None:
         """A batch of copies this node keeps for others committed: acknowledge it (never before
@@ -642,6 +663,7 @@ class Cluster:
                     continue
                 C.mark_leased(record, sender.name or sender.node_id, now)
                 self.leased_out[record["id"]] = (sender.node_id, time.monotonic(), record["attempts"])
+                self.runners.setdefault(record["id"], set()).add(sender.node_id)
                 if record.get("streamed"):
                     self.node.streams.started(record, runner=sender.node_id)
                 records.append(record)
@@ -660,8 +682,8 @@ class Cluster:
         if isinstance(body.get("more"), int) and isinstance(sender.info.get("wants"), dict) and isinstance(name, str):
             sender.info["wants"][name] = body["more"]
         for rec in body.get("records") or ():
-            if not _valid_record(rec):
-                continue
+            if not _valid_record(rec) or rec["owner"] != sender.node_id:
+                continue  # an owner leases its own calls only
             call_id = rec["id"]
             mine = self.node.active.get(call_id)
             if mine is not None:
@@ -678,6 +700,7 @@ class Cluster:
                     "call_id": call_id, "ok": False, "value": b"", "error": None, "attempt": rec["attempts"],
                     "requeue": "Requeued: the runner cannot take calls now"}, "complete"))
                 continue
+            self._lease_replicas[call_id] = set(rec.get("replicas") or ())
             rec = {**rec, "leased_from": sender.node_id, "state": C.QUEUED, "lease_attempt": rec["attempts"]}
             rec["attempts"] = max(0, rec["attempts"] - 1)  # the runner counts the attempt it starts
             self.node.active[call_id] = rec
@@ -713,6 +736,8 @@ class Cluster:
         lease = self.leased_out.get(call_id)
         if lease is not None and (lease[0] != sender.node_id or lease[2] != body.get("attempt")):
             return  # an earlier lease's outcome, after the call was leased again: the new one decides
+        if lease is None and sender.node_id not in self.runners.get(call_id, ()):
+            return  # never leased to that member: it has no outcome of this call to give
         self.leased_out.pop(call_id, None)
         if body.get("requeue"):
             if lease is not None:
@@ -731,7 +756,10 @@ class Cluster:
     def _on_completed(self, sender: Member, body: dict[str, Any]) -> None:
         for call_id in body.get("calls") or ():
             if isinstance(call_id, str):
-                self.completions.pop(call_id, None)
+                pending = self.completions.get(call_id)
+                if pending is not None and pending[0] == sender.node_id:
+                    self.completions.pop(call_id, None)
+                    self._lease_replicas.pop(call_id, None)
 
     def _requeue(self, record: dict[str, Any], note: str) -> None:
         call_id = record["id"]
@@ -817,8 +845,9 @@ class Cluster:
             old_owner = record["owner"]
             C.mark_moved(record, f"Taken over by node {self.node.config.name}",
                          refund=record["state"] == C.RUNNING)  # an interrupted attempt does not count
+            C.set_replicas(record, self.pick_replicas(_run_key(record), exclude=(old_owner,)))
             record.update(owner=self.me, node=self.node.config.name, term=int(record.get("term") or 0) + 1,
-                          version=1, replicas=self.pick_replicas(_run_key(record), exclude=(old_owner,)))
+                          version=1)
             running_here = call_id in self.node.running  # leased here by the lost owner: it goes on
             self.leased_in.pop(call_id, None)
             self.node.active[call_id] = record
@@ -853,8 +882,11 @@ class Cluster:
         new_owner, ids = body.get("new_owner"), body.get("calls")
         if not isinstance(new_owner, str) or not isinstance(ids, list):
             return
+        if new_owner != sender.node_id:
+            logger.warning("ignored a TAKEOVER from node %s in the name of %s", sender.name, new_owner[:40])
+            return  # a member announces only its own takeovers
         for call_id in ids:
-            if not isinstance(call_id, str):
+            if not isinstance(call_id, str) or not self._may_take_over(sender.node_id, call_id):
                 continue
             if call_id in self.leased_in:
                 self.leased_in[call_id] = new_owner
@@ -882,6 +914,23 @@ class Cluster:
                     C.mark_moved(copy, "Taken over by another node", refund=True)
                 self.replicas[call_id] = _Replica(new_owner, copy["term"], 0, copy["seq"], [])
                 self.node.wal.submit(None, [copy])
+
+    def _may_take_over(self, node_id: str, call_id: str) -> bool:
+        """A member takes over only calls it held a copy of (it is one of their replicas)."""
+        held = self.replicas.get(call_id)
+        record = self.node.active.get(call_id) or (self.node.wal.get(call_id) if held is not None else None)
+        if record is not None:
+            replicas = holders(record)
+        elif held is not None:
+            replicas = set(held.replicas)
+        elif call_id in self.completions:
+            replicas = self._lease_replicas.get(call_id, set())
+        else:
+            return False
+        if node_id in replicas:
+            return True
+        logger.warning("ignored the takeover of call %s by node %s, which held no copy of it", call_id, node_id)
+        return False
 
     # -- rejoin and partitions ------------------------------------------------------------------
 
@@ -911,6 +960,8 @@ class Cluster:
         another node may have run it too or hold an older outcome: this outcome is offered in
         SYNCs for a while, so the copies agree once the nodes meet again. In a whole mesh, or
         for a call with no copies, this costs a lookup."""
+        if self.runners:
+            self.runners.pop(record["id"], None)
         unheard = self._outranked.pop(record["id"], None) if self._outranked else None
         for node_id in unheard or ():  # given to them as soon as they are back (_pay)
             self.owed.setdefault(node_id, set()).add(record["id"])
@@ -1052,7 +1103,7 @@ class Cluster:
         writes = []
         ended = []
         for rec in body.get("records") or ():
-            if _valid_record(rec):
+            if _valid_record(rec) and self._entitled(sender, rec, "SYNCED"):
                 record = self.adopt(rec)
                 if record is not None:
                     writes.append(record)
@@ -1088,17 +1139,19 @@ class Cluster:
         record = self._known(call_id)
         if record is None:
             self.mesh.send(sender.node_id, protocol.FOUND, {"token": token, "call_id": call_id, "known": False})
-        elif record["state"] in C.TERMINAL:
-            self.answer_remote(RemoteWaiter(sender.node_id, token), self.node.result_message(record))
+            return
+        waiter = RemoteWaiter(sender.node_id, token, str(record.get("user") or ""))
+        if record["state"] in C.TERMINAL:
+            self.answer_remote(waiter, self.node.result_message(record))
         elif wait_ms <= 0:
-            self.answer_remote(RemoteWaiter(sender.node_id, token),
-                               protocol.Pending(call_id=call_id, state=record["state"]))
+            self.answer_remote(waiter, protocol.Pending(call_id=call_id, state=record["state"]))
         else:
-            self.node.hold_get(RemoteWaiter(sender.node_id, token), b"", call_id, min(wait_ms, 60_000))
+            self.node.hold_get(waiter, b"", call_id, min(wait_ms, 60_000))
 
     def answer_remote(self, waiter: RemoteWaiter, message: Any) -> None:
         """Send the answer to a GET held here for another node (a RESULT or PENDING) as FOUND."""
-        body: dict[str, Any] = {"token": waiter.token, "call_id": getattr(message, "call_id", ""), "known": True}
+        body: dict[str, Any] = {"token": waiter.token, "call_id": getattr(message, "call_id", ""), "known": True,
+                                "user": waiter.user}
         if isinstance(message, protocol.Result):
             body["state"] = C.DONE if message.ok else C.FAILED
             body["result"] = {"call_id": message.call_id, "ok": message.ok, "value": message.value,
@@ -1111,8 +1164,11 @@ class Cluster:
 
     def _on_found(self, sender: Member, body: dict[str, Any]) -> None:
         find = self.finds.get(body.get("token"))  # type: ignore[arg-type]
-        if find is None:
+        if find is None or sender.node_id not in find.asked | find.answered:
             return
+        principal = getattr(find.peer, "principal", None)
+        if principal is not None and body.get("known") and not can_see_call(principal, {"user": body.get("user") or ""}):
+            body = {"token": body["token"], "known": False}  # another user's call: not found for this one
         result = body.get("result")
         if isinstance(result, dict) and result.get("call_id") == find.call_id:
             del self.finds[body["token"]]
@@ -1221,8 +1277,8 @@ class Cluster:
         records: list[dict[str, Any]] = []
         answered: list[str] = []
         for rec in body.get("records") or ():
-            if not _valid_record(rec) or rec["state"] in C.TERMINAL:
-                continue
+            if not _valid_record(rec) or rec["state"] in C.TERMINAL or rec["owner"] != sender.node_id:
+                continue  # a node hands over only calls it owns
             call_id = rec["id"]
             current = self._current(call_id)
             if call_id in self.node.active or (current is not None and (
@@ -1230,9 +1286,9 @@ class Cluster:
                 answered.append(call_id)  # offered again: it is ours already (or it ended)
                 continue
             seq = current["seq"] if current is not None else self.node.wal.next_seq()
-            record = {**rec, "seq": seq, "owner": self.me, "node": self.node.config.name,
-                      "term": int(rec.get("term") or 0) + 1, "version": 1, "events": list(rec["events"]),
-                      "replicas": self.pick_replicas(_run_key(rec), exclude=(sender.node_id,))}
+            record = {**rec, "seq": seq, "events": list(rec["events"])}
+            C.set_replicas(record, self.pick_replicas(_run_key(rec), exclude=(sender.node_id,)))
+            record.update(owner=self.me, node=self.node.config.name, term=int(rec.get("term") or 0) + 1, version=1)
             C.mark_moved(record, f"Handed over by draining node {sender.name}")
             self.replicas.pop(call_id, None)
             self.node.own(record)
@@ -1337,6 +1393,10 @@ class Cluster:
                 self._requeue(record, f"Requeued: node {member.name} unreachable during the call")
             elif member.info_at - leased_at > LEASE_GRACE and call_id not in member.info.get("leased", {}).get(self.me, ()):
                 self._requeue(record, f"Requeued: node {member.name} does not hold the lease")
+        for call_id in [c for c in self.runners if c not in self.node.active]:
+            del self.runners[call_id]  # ended, or no longer owned here
+        for call_id in [c for c in self._lease_replicas if c not in self.leased_in and c not in self.completions]:
+            del self._lease_replicas[call_id]
         # runner side: calls leased here that cannot run here (draining, processor down) go back
         if self.leased_in and (self.draining or self.node.stopping):
             self.give_back()
@@ -1374,7 +1434,7 @@ class Cluster:
             extra = self.pick_replicas(_run_key(record), exclude=(*keep, *lost))[: max(0, self.wanted_replicas() - 1 - len(keep))]
             if not extra and keep == replicas:
                 continue
-            record["replicas"] = keep + extra
+            C.set_replicas(record, keep + extra)
             record["version"] = int(record.get("version") or 0) + 1
             records.append(record)
         if records:
@@ -1383,8 +1443,9 @@ class Cluster:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    def handle(self, msg: protocol.PeerMessage) -> None:
-        sender = self.mesh.handle(msg)
+    def handle(self, msg: protocol.PeerMessage, key: str = "") -> None:
+        """A peer message from the member holding ``key`` (its ZAP User-Id; "" in an insecure mesh)."""
+        sender = self.mesh.handle(msg, key)
         if sender is None or msg.command in (protocol.HELLO, protocol.WELCOME, protocol.HEARTBEAT):
             return
         handler = self._HANDLERS.get(msg.command)
@@ -1408,6 +1469,7 @@ class Cluster:
             "leased_out": len(self.leased_out), "leased_in": len(self.leased_in),
             "unacknowledged_completions": len(self.completions), "taken_over": self.taken_over,
             "draining": self.draining, "drained": self.drained, "holding": bool(self.hold_until),
+            "refused_records": self.refused_records,
         }
 
     _HANDLERS: dict[int, Any] = {}

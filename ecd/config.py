@@ -5,11 +5,14 @@ Environment variables: ``EC_DATA_DIR``, ``EC_LISTEN`` (comma-separated), ``EC_DB
 ``EC_CPUS``, ``EC_VENV_DIR``, ``EC_LOG_LEVEL``, ``EC_GRACE``, ``EC_HISTORY`` (``on``/``off``),
 ``EC_HISTORY_RETENTION`` (seconds), ``EC_TOPOLOGY_POLL`` (seconds), ``EC_JOIN`` (comma-separated
 seed endpoints), ``EC_ADVERTISE``, ``EC_REPLICAS``, ``EC_REQUIRE_REPLICAS`` (``on``/``off``),
-``EC_HEARTBEAT`` (seconds).
+``EC_HEARTBEAT`` (seconds), ``EC_INSECURE`` (``on``: plain tcp, no authentication),
+``EC_INSECURE_BIND_ANY`` (``on``: allow that on a non-loopback address), ``EC_SESSION_TTL``
+(seconds a login lasts).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -38,6 +41,8 @@ DEFAULT_HISTORY_INTERVAL = 0.5
 DEFAULT_PREPARE_RETRY = 60.0
 #: Seconds between a node's heartbeats to its peers (suspect after 3 missed, dead after 5).
 DEFAULT_HEARTBEAT = 0.5
+#: Seconds a login (``ecctl login``) lasts before the client must log in again.
+DEFAULT_SESSION_TTL = 12 * 3600.0
 
 ENV_PREFIX = "EC_"
 #: A peer endpoint: ``tcp://HOST:PORT`` (HOST a name, an IPv4 address or ``[IPv6]``).
@@ -48,6 +53,20 @@ def is_peer_endpoint(text: str) -> bool:
     """True for a ``tcp://HOST:PORT`` endpoint with a port in 1..65535."""
     match = TCP_ENDPOINT_RE.fullmatch(text) if isinstance(text, str) and len(text) <= 300 else None
     return bool(match) and 0 < int(match.group(2)) < 65536
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ``tcp://`` endpoints on a loopback address (127.0.0.0/8, ::1, localhost)."""
+    match = TCP_ENDPOINT_RE.fullmatch(endpoint)
+    if not match:
+        return False
+    host = match.group(1).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,9 @@ class Config:
     replicas: int = 0  # 0: automatic (2 when two or more nodes are alive, else 1)
     require_replicas: bool = False
     heartbeat: float = DEFAULT_HEARTBEAT
+    insecure: bool = False            # plain tcp: no CURVE, no authentication (loud warnings)
+    insecure_bind_any: bool = False   # with insecure: allow a non-loopback tcp --listen
+    session_ttl: float = DEFAULT_SESSION_TTL
 
     @property
     def ipc_endpoint(self) -> str:
@@ -121,7 +143,7 @@ def _coerce(name: str, value: Any) -> Any:
             if number < 0:
                 raise ValueError("must not be negative")
             return number
-        if name in ("history", "require_replicas"):
+        if name in ("history", "require_replicas", "insecure", "insecure_bind_any"):
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()
@@ -131,7 +153,7 @@ def _coerce(name: str, value: Any) -> Any:
                 return False
             raise ValueError("expected on or off")
         if name in ("grace", "result_ttl", "topology_poll", "prepare_retry", "history_retention", "history_interval",
-                    "heartbeat"):
+                    "heartbeat", "session_ttl"):
             number = float(value)
             if number < 0:
                 raise ValueError("must not be negative")
@@ -183,6 +205,13 @@ def load_config(
         config = replace(config, cpus=os.cpu_count() or 1)
     if config.heartbeat < 0.05:
         raise ConfigError("heartbeat: must be at least 0.05 seconds")
+    if config.session_ttl < 1:
+        raise ConfigError("session_ttl: must be at least 1 second")
+    if config.insecure and not config.insecure_bind_any:
+        exposed = [e for e in config.listen if e.startswith("tcp://") and not is_loopback_endpoint(e)]
+        if exposed:
+            raise ConfigError(f"--insecure on {', '.join(exposed)} would let anyone on the network run code here: "
+                              "listen on a loopback address, drop --insecure, or add --insecure-bind-any")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: {config.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return config

@@ -123,6 +123,8 @@ class Dataflow:
         run = parent.get("run")
         if run and run != root:
             record["run"] = run
+        if parent.get("user"):
+            record["user"] = parent["user"]  # what a call sets off belongs to whoever sent it
         node.place(record, like=parent)
         return record
 
@@ -332,7 +334,8 @@ class Dataflow:
 
     # -- workflows ------------------------------------------------------------------------------
 
-    def start_flow(self, flow_id: str, graph: dict[str, Any], args: bytes, kwargs: bytes) -> list[dict[str, Any]]:
+    def start_flow(self, flow_id: str, graph: dict[str, Any], args: bytes, kwargs: bytes,
+                   user: str = "") -> list[dict[str, Any]]:
         """The records of a new workflow: its own record, then its first steps (all written in
         one commit). NotFound for a step of an unknown socket, InvalidName for a bad graph."""
         node = self.node
@@ -350,6 +353,8 @@ class Dataflow:
             socket=f"workflow:{label}", processor="", function=label, args=args, kwargs=kwargs,
             retries=0, retry_delay=0.0, timelimit=None, note=f"Received workflow ({label})")
         flow.update(kind=C.FLOW, graph=graph, graph_bytes=graph_bytes, done={}, done_bytes=0)
+        if user:
+            flow["user"] = user
         node.place(flow)
         first = W.first_steps(graph, "")
         C.mark_started(flow, f"Workflow started: {len(first)} first step(s)")

@@ -9,6 +9,7 @@ Every error the daemon raises on purpose derives from :class:`EcdError`::
     │   ├── AlreadyExists      an object with that name exists already
     │   ├── InvalidName        a name or field fails validation
     │   ├── StillReferenced    deleting it would orphan other objects
+    │   ├── KeyRefused         a node registers a key that is revoked, or not the one registered
     │   └── StoreUnavailable   the database cannot be reached
     ├── RepoError              a processor's code cannot be cloned, installed or imported
     ├── WalError               the write-ahead log failed
@@ -17,7 +18,11 @@ Every error the daemon raises on purpose derives from :class:`EcdError`::
     ├── WorkerError            a worker process could not be started or talked to
     ├── PeerUnreachable        a mesh member named in a request cannot be reached
     ├── NodeUnavailable        the node takes no new work now (stopping, draining)
-    └── QueueFull              a queue is at its max_length (back-pressure)
+    ├── QueueFull              a queue is at its max_length (back-pressure)
+    ├── BadRequest             a message that is no request (a reply sent to the node)
+    └── AccessError            a request is not allowed
+        ├── Unauthorized       the caller is not logged in (no session for its key), or the login failed
+        └── Forbidden          the caller lacks the right the request needs
 
 Each carries a short, user-facing message; ``code`` maps it onto a protocol error code.
 """
@@ -67,6 +72,12 @@ class InvalidName(TopologyError):
 
 class StillReferenced(TopologyError):
     """The object is referenced by others and cannot be deleted."""
+
+    code = 409
+
+
+class KeyRefused(TopologyError):
+    """A node's own registration carries a key an operator revoked or replaced."""
 
     code = 409
 
@@ -123,3 +134,31 @@ class QueueFull(EcdError):
     """A queue holds ``max_length`` calls already: new calls are refused until it drains."""
 
     code = 429
+
+
+class BadRequest(EcdError):
+    """A message that is not a request reached the node's request handler."""
+
+    code = 400
+
+
+class AccessError(EcdError):
+    """A request is not allowed (base of the two answers below)."""
+
+    code = 401
+
+
+class Unauthorized(AccessError):
+    """The caller is not authenticated: no session for its key, an expired one, or a failed login."""
+
+    code = 401
+
+
+class Forbidden(AccessError):
+    """The caller is authenticated but lacks the right the request needs."""
+
+    code = 403
+
+    def __init__(self, message: str, right: str = "") -> None:
+        super().__init__(message)
+        self.right = right

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: Columns of a call summary, in table order.
 FIELDS = ("id", "seq", "owner", "node", "socket", "processor", "function", "state", "attempts",
-          "created", "started", "finished", "worker", "error", "parent", "root", "kind", "via")
+          "created", "started", "finished", "worker", "error", "parent", "root", "kind", "via", "user")
 #: States after which a call does not change any more.
 FINISHED_STATES = ("done", "failed")
 
@@ -173,11 +173,13 @@ class HistoryStore:
 
     # ------------------------------------------------------------------ reading
 
-    def page(self, page: int, rows: int, *, unfinished: bool = False, socket: str | None = None) -> dict[str, Any]:
+    def page(self, page: int, rows: int, *, unfinished: bool = False, socket: str | None = None,
+             user: str | None = None) -> dict[str, Any]:
         """One page of summaries, newest first: ``{"total", "page", "pages", "rows", "calls"}``.
 
         ``pages`` is at least 1; a page past the last one has no calls. ``unfinished`` keeps the
-        calls not done or failed; ``socket`` keeps the calls on that socket.
+        calls not done or failed; ``socket`` keeps the calls on that socket, ``user`` those that
+        user sent.
         """
         if isinstance(page, bool) or not isinstance(page, int) or page < 1:
             raise InvalidName(f"page must be an integer >= 1, not {page!r}")
@@ -188,6 +190,8 @@ class HistoryStore:
             where.append(_CALL.c.state.not_in(FINISHED_STATES))
         if socket is not None:
             where.append(_CALL.c.socket == socket)
+        if user is not None:
+            where.append(_CALL.c.user == user)
         query = (
             sa.select(*(_CALL.c[name] for name in FIELDS))
             .where(*where)

@@ -42,6 +42,7 @@ __all__ = [
     "check_exclusive",
     "check_fields",
     "check_int",
+    "check_key",
     "check_kind",
     "check_name",
     "check_token",
@@ -73,6 +74,17 @@ _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _COMMIT_RE = re.compile(r"[0-9a-fA-F]{4,64}", re.ASCII)
 _RATE_RE = re.compile(r"[1-9][0-9]{0,8}/[smh]", re.ASCII)
 _CRON_FIELD_RE = re.compile(r"[0-9A-Za-z*/,?#-]{1,20}", re.ASCII)
+#: A CURVE public key in Z85 (ZeroMQ's alphabet), 40 characters.
+_Z85_KEY_RE = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}", re.ASCII)
+
+
+def check_key(value: Any, what: str = "key", empty: bool = True) -> str:
+    """A CURVE public key in Z85 (40 characters), as ``ecd keys show`` prints it ("" for none)."""
+    if value == "" and empty:
+        return value
+    if not isinstance(value, str) or not _Z85_KEY_RE.fullmatch(value):
+        raise InvalidName(f"invalid {what} {str(value)[:60]!r}: expected the 40-character Z85 key `ecd keys show` prints")
+    return value
 
 
 # --------------------------------------------------------------------------- field checks
@@ -229,6 +241,7 @@ FIELDS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "cpus": (lambda v: check_int(v, "cpus", 1, MAX_CPUS), 1),
         "version": (lambda v: check_token(v, "version", 100, empty=True), ""),
         "description": (_description, None),
+        "key": (check_key, ""),
     },
     "processor": {
         "gitrepo": (lambda v: check_token(v, "gitrepo", 2000), _REQUIRED),

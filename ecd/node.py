@@ -29,7 +29,9 @@ import protocol
 
 from . import __version__
 from . import calls as C
+from .accounts import AccessStore
 from .admin import AdminHandler
+from .audit import AuditLog
 from .background import Background
 from .cluster import Cluster, RemoteWaiter, read_incarnation
 from .config import Config
@@ -37,9 +39,12 @@ from .dataflow import Dataflow, Derived
 from .events import Bus
 from .provenance import Provenance
 from .ticks import Ticker
-from .errors import ConfigError, EcdError, InvalidName, NodeUnavailable, NotFound, PeerUnreachable, RepoError, WorkerError
+from .errors import (AlreadyExists, ConfigError, EcdError, InvalidName, KeyRefused, NodeUnavailable, NotFound,
+                     PeerUnreachable, RepoError, WorkerError)
 from .exporter import HistoryExporter
+from .guard import Guard
 from .history import HistoryStore
+from .keys import load_or_create
 from .mesh import Mesh
 from .processors import FAILED, PENDING, RUNNING, STOPPED, ProcessorRuntime, WorkerSlot
 from .repos import CodeLoader
@@ -50,7 +55,10 @@ from .sync import TopologySync
 from .topology import TopologyStore
 from .wal import Wal
 from .streams import Streams
+from .access import can_see_call
+from .useradmin import AccessAdmin, first_admin
 from .workers import Done, Exited, ImportFailed, Item, ProcessRegistry, Raised, Ready, StreamEnd, make_support_dir
+from .zap import Authenticator
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +94,8 @@ WORKER_STOP_GRACE = 2.0
 #: Seconds between the node's registrations (heartbeats) in the topology's node table.
 REGISTER_EVERY = 10.0
 #: Refusal of a client's call id that has the form of an id the daemons make.
+#: Refusal of a call id that another user's call has (ids are scoped by user).
+TAKEN_ID = "call id '{}' is taken by another user's call: send a fresh id (uuid4)"
 RESERVED_ID = "call id '{}' is reserved (ids of the form p-, j-, s- or t- and 32 hex digits name calls the daemons make)"
 
 
@@ -138,6 +148,8 @@ class Node:
         self.final_retries: list[tuple[float, str]] = []  # finals to write again after a failed commit
         self._next_watchdog = 0.0
         self._grace_deadline = 0.0
+        self.refused_peer_messages = 0  # peer messages from keys that are not a registered node's
+        self._key_refused = False  # the topology has another key (or a revoked one) for this node
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -156,23 +168,43 @@ class Node:
         self.wal = Wal(cfg.data_dir / "wal", map_size=cfg.map_size, result_ttl=cfg.result_ttl)
         self.wal.start()
         self.node_id = self.wal.node_id
+        self.keys = None
+        if not cfg.insecure:
+            self.keys, made = load_or_create(cfg.data_dir)
+            if made:
+                logger.info("made this node's key pair in %s (public key %s)", cfg.data_dir / "keys",
+                            self.keys.public_text)
         self.store = TopologyStore(cfg.db)
         self.bg_db = Background(threads=1, name="ecd-db")
         self.sync = TopologySync(self.store, self.bg_db, cfg.data_dir / "topology.json", cfg.topology_poll,
                                  lambda _topology: self._reconcile())
         self.sync.load()
+        self.access_store = AccessStore(self.store)
+        if not self.sync.cached_start:
+            first_admin(self.access_store, cfg.data_dir)
+        self.audit = AuditLog(self.bg_db, self.access_store.write_audit, cfg.name)
+        self.guard = Guard(insecure=cfg.insecure, topology=lambda: self.topology, audit=self.audit)
+        self.bg_auth = Background(threads=1, name="ecd-auth")  # password hashing, off the db thread
         if cfg.history:
             self.history = HistoryExporter(HistoryStore(self.store.engine), interval=cfg.history_interval,
                                            retention=cfg.history_retention)
         self.loader = CodeLoader(cfg.data_dir, cfg.venv_dir)
         self.support_dir = make_support_dir(cfg.data_dir / "runtime")
         self.bg_code = Background(threads=2, name="ecd-code")
-        self.admin = AdminHandler(self)
         self.context = zmq.Context()
+        # the ZAP handler runs before anything binds or connects: CURVE sockets refuse every
+        # connection it does not answer for (ZAP_ENFORCE_DOMAIN)
+        self.zap = Authenticator(self.context) if self.keys is not None else None
         self.mesh = Mesh(self.context, node_id=self.node_id, name=cfg.name, endpoint=cfg.peer_endpoint,
                          incarnation=read_incarnation(cfg.data_dir / "incarnation"), interval=cfg.heartbeat,
                          seeds=cfg.join, describe=self._describe,
-                         on_change=lambda member, old, new: self.cluster.on_member(member, old, new))
+                         on_change=lambda member, old, new: self.cluster.on_member(member, old, new),
+                         keys=self.keys, admitted=self.guard.node_keys)
+        self.access_admin = AccessAdmin(
+            store=self.access_store, guard=self.guard, audit=self.audit, sync=self.sync, bg_db=self.bg_db,
+            bg_auth=self.bg_auth, reply=lambda peer, message: self.frontend.send(peer, message),
+            config=cfg, mesh_keys=self._mesh_keys, mesh=self.mesh)
+        self.admin = AdminHandler(self)
         self.cluster = Cluster(self, self.mesh, cfg.data_dir)
         self.dataflow = Dataflow(self)
         self.provenance = Provenance(self)
@@ -182,7 +214,10 @@ class Node:
         self._host_stats: Any = None
         recovered = self._recover()
         self.cluster.start_hold()
-        self.frontend = Frontend(self.context, cfg.endpoints)
+        self.frontend = Frontend(self.context, cfg.endpoints, keys=self.keys)
+        if cfg.insecure and any(e.startswith("tcp://") for e in cfg.endpoints):
+            logger.warning("INSECURE: tcp endpoints serve plain text with no authentication: anyone who can reach "
+                           "them can run code on this node and read every call (--insecure)")
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_r, False)
         os.set_blocking(self._sig_w, False)
@@ -193,12 +228,14 @@ class Node:
         for sock in self.frontend.sockets:
             self.poller.register(sock, zmq.POLLIN)
         extra = [*self.sync.fds, *([self.history.wake_fd] if self.history else [])]
-        for fd in (self.wal.wake_fd, self.bg_db.wake_fd, self.bg_code.wake_fd, self._sig_r, *extra):
+        for fd in (self.wal.wake_fd, self.bg_db.wake_fd, self.bg_code.wake_fd, self.bg_auth.wake_fd, self._sig_r,
+                   *extra):
             self.poller.register(fd, zmq.POLLIN)
         self._reconcile()
         logger.info(
-            "node %s (%s) ready: %d cpus, %d call(s) recovered, endpoints %s",
+            "node %s (%s) ready: %d cpus, %d call(s) recovered, endpoints %s, %s",
             cfg.name, self.node_id, cfg.cpus, recovered, ", ".join(self.frontend.bound),
+            f"key {self.keys.public_text}" if self.keys is not None else "INSECURE (no CURVE, no authentication)",
         )
         self.notifier.ready()
         self.notifier.status(f"serving on {', '.join(self.frontend.bound)}")
@@ -288,6 +325,8 @@ class Node:
             self.bg_db.drain()
         elif fd == self.bg_code.wake_fd:
             self.bg_code.drain()
+        elif fd == self.bg_auth.wake_fd:
+            self.bg_auth.drain()
         elif self.history is not None and fd == self.history.wake_fd:
             self.history.drain()
         elif fd in self.sync.fds:
@@ -395,6 +434,7 @@ class Node:
             next_at = min(next_at, self._next_register)
         if self.history is not None:
             next_at = min(next_at, self.history.tick(mono))
+        next_at = min(next_at, self.audit.tick(mono), self.access_admin.tick(mono))
         if self.notifier.enabled:
             interval = self.notifier.watchdog_interval()
             if interval and mono >= self._next_watchdog:
@@ -429,14 +469,16 @@ class Node:
         try:
             if isinstance(message, protocol.PeerMessage):
                 self._handle_peer(peer, message)
-            elif isinstance(message, protocol.Call):
+                return
+            peer = dataclasses.replace(peer, principal=self.guard.admit(peer, *_request_of(message)))
+            if isinstance(message, protocol.Call):
                 self._handle_call(peer, message)
             elif isinstance(message, protocol.Calls):
                 self._handle_calls(peer, message)
             elif isinstance(message, protocol.Flow):
                 self._handle_flow(peer, message)
             elif isinstance(message, protocol.Stream):
-                self.streams.read(peer, message.request_id, message.call_id, message.start, message.wait_ms)
+                self._handle_stream(peer, message)
             elif isinstance(message, protocol.Listen):
                 self.bus.listen(peer, message)
             elif isinstance(message, protocol.Get):
@@ -460,6 +502,15 @@ class Node:
             self._error(peer, message.request_id, protocol.E_MALFORMED,
                         f"{message.name}: this node is not in a mesh (no tcp --listen or --advertise endpoint)")
             return
+        if self.mesh.secure:
+            # a member is whoever holds the secret of a key registered for a node; anything else
+            # is dropped unanswered (and never becomes a member)
+            if self.guard.member_of(peer.key) is None:
+                self.refused_peer_messages += 1
+                logger.debug("dropped %s from key %s: not a registered node's", message.name, peer.key[:12])
+                return
+            self.cluster.handle(message, peer.key)
+            return
         sender = message.credentials.get("node")
         known = isinstance(sender, str) and sender in self.mesh.members
         if not known and message.command not in (protocol.HELLO, protocol.WELCOME, protocol.HEARTBEAT):
@@ -478,17 +529,21 @@ class Node:
     def _error(self, peer: Peer, request_id: bytes, code: int, reason: str, **detail: Any) -> None:
         self.frontend.send(peer, protocol.Error(code=code, reason=reason, detail=detail, request_id=request_id))
 
-    def _admit(self, socket_name: str, args: bytes, kwargs: bytes, call_id: str) -> tuple[str, Any]:
-        """Decide what a CALL (or one CALLS entry) with ``call_id`` becomes:
+    def _admit(self, socket_name: str, args: bytes, kwargs: bytes, call_id: str,
+               principal: Any) -> tuple[str, Any]:
+        """Decide what a CALL (or one CALLS entry) with ``call_id`` from ``principal`` becomes:
 
         ``("known", record)`` already in memory (its accept may still be in flight),
         ``("stored", record)`` already in the log, ``("refused", (code, reason))``, or
         ``("new", record)``: a new record, queued (it may start before its accept is durable;
         the log writes its accept ahead of any later write of the call, and the client is only
-        told once it is durable).
+        told once it is durable). A known id of another user's call is refused (409): call ids
+        are scoped by user.
         """
         record = self.active.get(call_id)
         if record is not None:
+            if not can_see_call(principal, record):
+                return "refused", (protocol.E_CONFLICT, TAKEN_ID.format(call_id))
             if call_id in self.unstored:  # its accept failed to commit: store it now
                 self.unstored.discard(call_id)
                 return "restore", self.finalizing.get(call_id, record)
@@ -497,6 +552,8 @@ class Node:
             return "refused", (protocol.E_UNAVAILABLE, "node is shutting down; call not accepted")
         stored = self.wal.get(call_id)
         if stored is not None:
+            if not can_see_call(principal, stored):
+                return "refused", (protocol.E_CONFLICT, TAKEN_ID.format(call_id))
             return "stored", stored
         if C.DERIVED_ID_RE.fullmatch(call_id):
             return "refused", (protocol.E_INVALID, RESERVED_ID.format(call_id))
@@ -516,6 +573,7 @@ class Node:
             args=args, kwargs=kwargs, retries=processor.retries,
             retry_delay=processor.retry_delay, timelimit=processor.timelimit,
         )
+        record["user"] = principal.label
         self.place(record)
         self.active[call_id] = record
         self.scheduler.push(socket.name, call_id)
@@ -527,7 +585,7 @@ class Node:
 
     def _handle_call(self, peer: Peer, msg: protocol.Call) -> None:
         call_id = msg.call_id or str(uuid.uuid4())
-        kind, value = self._admit(msg.socket, msg.args, msg.kwargs, call_id)
+        kind, value = self._admit(msg.socket, msg.args, msg.kwargs, call_id, peer.principal)
         if msg.stream and kind in ("new", "restore", "known"):
             self.streams.expect(call_id, peer.identity)  # the caller reads its items from the first
         if kind == "refused":
@@ -558,8 +616,8 @@ class Node:
         records of one run are kept by the same nodes (and taken over together)."""
         if self.mesh.members:
             replicas = list(like.get("replicas") or ()) if like is not None else []
-            record.update(term=0, version=1,
-                          replicas=replicas or self.cluster.pick_replicas(record.get("root") or record["id"]))
+            record.update(term=0, version=1)
+            C.set_replicas(record, replicas or self.cluster.pick_replicas(record.get("root") or record["id"]))
 
     def holds(self, call_id: str) -> bool:
         """Does this node have a record of ``call_id`` (in memory, ending, or in its log)?"""
@@ -581,6 +639,9 @@ class Node:
         """FLOW: a workflow's record and its first steps, accepted in one commit."""
         flow_id = msg.flow_id or str(uuid.uuid4())
         known = self.active.get(flow_id)
+        stored = self.wal.get(flow_id) if known is None else None
+        if (known or stored) is not None and not can_see_call(peer.principal, known or stored):
+            raise AlreadyExists(TAKEN_ID.format(flow_id))
         if known is not None and flow_id in self.unstored:  # its accept failed to commit
             self.unstored.discard(flow_id)
             records = [known, *(self.active[c] for c in known.get("children") or () if c in self.active)]
@@ -590,7 +651,6 @@ class Node:
         else:
             if self.stopping:
                 raise NodeUnavailable("node is shutting down; workflow not accepted")
-            stored = self.wal.get(flow_id)
             if stored is not None:
                 self._answer_known(peer, msg.request_id, flow_id, "stored", stored)
                 return
@@ -599,7 +659,7 @@ class Node:
             refusal = self.cluster.can_accept() if self.mesh.enabled else ""
             if refusal:
                 raise NodeUnavailable(refusal)
-            records = self.dataflow.start_flow(flow_id, msg.graph, msg.args, msg.kwargs)
+            records = self.dataflow.start_flow(flow_id, msg.graph, msg.args, msg.kwargs, user=peer.principal.label)
             for record in records:
                 self.own(record)
         self.ack_waiters[flow_id] = [(peer, msg.request_id)]
@@ -622,7 +682,7 @@ class Node:
         for entry in msg.calls:
             call_id = entry["call_id"] or str(uuid.uuid4())
             try:
-                kind, value = self._admit(entry["socket"], entry["args"], entry["kwargs"], call_id)
+                kind, value = self._admit(entry["socket"], entry["args"], entry["kwargs"], call_id, peer.principal)
             except Exception as exc:  # e.g. a corrupt log record: refuse this entry, keep the rest
                 logger.exception("cannot admit call %s", call_id)
                 kind, value = "refused", (getattr(exc, "code", protocol.E_INTERNAL), f"call not accepted: {exc}")
@@ -685,10 +745,14 @@ class Node:
         record = self.active.get(msg.call_id)
         if record is not None and record.get("leased_from"):
             record = None  # only running here for its owner: the owner (or a replica) answers
+        if record is not None and not can_see_call(peer.principal, record):
+            raise NotFound(f"unknown call id '{msg.call_id}'")  # another user's call is not there for it
         if record is None:
             stored = self.wal.get(msg.call_id)
             if stored is not None and stored.get("superseded") and stored["state"] not in C.TERMINAL:
                 stored = None  # a duplicate's copy: the node that accepted the call first answers
+            if stored is not None and not can_see_call(peer.principal, stored):
+                raise NotFound(f"unknown call id '{msg.call_id}'")
             if stored is None:
                 if not self.cluster.find(peer, msg.request_id, msg.call_id, msg.wait_ms):
                     self._error(peer, msg.request_id, protocol.E_NOT_FOUND, f"unknown call id '{msg.call_id}'")
@@ -701,6 +765,13 @@ class Node:
             self.frontend.send(peer, protocol.Pending(call_id=msg.call_id, state=record["state"], request_id=msg.request_id))
             return
         self.hold_get(peer, msg.request_id, msg.call_id, msg.wait_ms)
+
+    def _handle_stream(self, peer: Peer, msg: protocol.Stream) -> None:
+        """STREAM: the items of a call the caller may see (another user's call is not found)."""
+        record = self.active.get(msg.call_id) or self.finalizing.get(msg.call_id) or self.wal.get(msg.call_id)
+        if record is not None and not can_see_call(peer.principal, record):
+            raise NotFound(f"unknown call id '{msg.call_id}'")
+        self.streams.read(peer, msg.request_id, msg.call_id, msg.start, msg.wait_ms)
 
     def hold_get(self, peer: Any, request_id: bytes, call_id: str, wait_ms: int) -> None:
         """Answer a GET once the call ends, or PENDING after ``wait_ms`` (long poll)."""
@@ -1273,14 +1344,22 @@ class Node:
         cfg = self.config
         endpoint = cfg.peer_endpoint or ",".join(self.frontend.bound)
 
+        key = self.keys.public_text if self.keys is not None else ""
+
         def done(_: Any, error: BaseException | None) -> None:
             self._registering = False
             self._next_register = time.monotonic() + REGISTER_EVERY
-            if error is not None:
+            if isinstance(error, KeyRefused):
+                if not self._key_refused:
+                    logger.error("%s", error.message)
+                self._key_refused = True
+            elif error is not None:
                 self.sync.note_error(error)
                 logger.debug("cannot register node in the topology: %s", error)
+            else:
+                self._key_refused = False
 
-        self.bg_db.submit(lambda: self.store.register_node(cfg.name, endpoint, cfg.cpus, __version__), done)
+        self.bg_db.submit(lambda: self.store.register_node(cfg.name, endpoint, cfg.cpus, __version__, key), done)
 
     def _placement(self, definition: Any) -> tuple[Any, str]:
         """The processor as it runs here: ``(definition, "")`` with the CPUs its deployments give
@@ -1297,9 +1376,11 @@ class Node:
 
     def _reconcile(self) -> None:
         """Bring the processors running here in line with the topology."""
-        if self.mesh.enabled:  # registered nodes are peers to meet
-            self.mesh.add_seeds([n.endpoint for n in self.topology.nodes.values()
-                                 if n.name != self.config.name and n.endpoint.startswith("tcp://")])
+        if self.mesh.enabled:  # registered nodes are peers to meet (a secure one: with their keys)
+            by_endpoint = {n.endpoint: n.key for n in self.topology.nodes.values() if n.endpoint.startswith("tcp://")}
+            self.mesh.add_seeds([(endpoint, key) for endpoint, key in by_endpoint.items()
+                                 if endpoint != self.config.peer_endpoint]
+                                + [(seed, by_endpoint[seed]) for seed in self.config.join if seed in by_endpoint])
         self.sockets_of = {}  # processor -> its socket names, derived once per topology
         for socket in self.topology.sockets.values():
             self.sockets_of.setdefault(socket.processor, []).append(socket.name)
@@ -1503,10 +1584,11 @@ class Node:
         if loader is not None:
             loader.cancel()  # a long pip install must not hold the exit
         self._flush_history()
+        self._flush_audit()
         sync = getattr(self, "sync", None)
         if sync is not None:
             sync.close()
-        for bg in (getattr(self, "bg_db", None), getattr(self, "bg_code", None)):
+        for bg in (getattr(self, "bg_db", None), getattr(self, "bg_code", None), getattr(self, "bg_auth", None)):
             if bg is not None:
                 bg.close(wait=False)
         frontend = getattr(self, "frontend", None)
@@ -1515,6 +1597,9 @@ class Node:
         mesh = getattr(self, "mesh", None)
         if mesh is not None:
             mesh.close()
+        zap = getattr(self, "zap", None)
+        if zap is not None:
+            zap.stop()
         context = getattr(self, "context", None)
         if context is not None:
             context.term()
@@ -1558,6 +1643,11 @@ class Node:
             "listen": self.bus.status(),
             "topology": self.sync.status(),
             "history": self.history.status() if self.history is not None else {"enabled": False},
+            "key": self.keys.public_text if self.keys is not None else None,
+            "insecure": self.config.insecure,
+            "security": {**self.guard.status(), **self.access_admin.status(),
+                         "refused_peer_messages": self.refused_peer_messages,
+                         "refused_records": self.cluster.refused_records},
         }
 
     @property
@@ -1571,7 +1661,8 @@ class Node:
         return {"cpus": self.config.cpus, "busy": self.scheduler.busy, "depth": self.scheduler.waiting,
                 **self.host_stats(), "version": __version__, "draining": self.cluster.draining,
                 "drained": self.cluster.drained, "wants": self.cluster.wants(),
-                "leased": self.cluster.leases_held(), "ticks": self.ticker.advertised()}
+                "leased": self.cluster.leases_held(), "ticks": self.ticker.advertised(),
+                "topology": self.topology.version}
 
     def host_stats(self) -> dict[str, float]:
         if self._host_stats is None:
@@ -1584,7 +1675,8 @@ class Node:
         if name == self.config.name:
             return {"node_id": self.node_id, "state": self.state, "cpus": self.config.cpus,
                     "busy": self.scheduler.busy, "depth": self.scheduler.waiting, **self.host_stats(),
-                    "version": __version__, "endpoint": self.config.peer_endpoint or ",".join(self.frontend.bound)}
+                    "version": __version__, "endpoint": self.config.peer_endpoint or ",".join(self.frontend.bound),
+                    "key": self.keys.public_text if self.keys is not None else None}
         for member in self.mesh.members.values():
             if member.name == name:
                 view = member.view()
@@ -1595,6 +1687,26 @@ class Node:
         """Nodes this node knows from the mesh (and itself), for ones not in the topology."""
         names = [self.config.name] + [m.name for m in self.mesh.members.values() if m.name]
         return [{"name": name, **self.node_view(name)} for name in names]
+
+    def _mesh_keys(self) -> list[dict[str, Any]]:
+        """``mesh_keys``: the public key of every node of the mesh with its endpoints, so that a
+        client that trusts this node's key can fail over to the others."""
+        keys: dict[str, dict[str, Any]] = {}
+        for node in self.topology.nodes.values():
+            if node.key:
+                keys[node.name] = {"name": node.name, "key": node.key,
+                                   "endpoints": [e for e in node.endpoint.split(",") if e.startswith("tcp://")]}
+        if self.keys is not None:
+            mine = keys.setdefault(self.config.name, {"name": self.config.name, "key": self.keys.public_text,
+                                                      "endpoints": []})
+            mine["key"] = self.keys.public_text
+            mine["endpoints"] = sorted({*mine["endpoints"], *(e for e in self.frontend.bound if e.startswith("tcp://")),
+                                        *([self.config.peer_endpoint] if self.config.peer_endpoint else [])})
+        for member in self.mesh.members.values():
+            entry = keys.get(member.name)
+            if entry is not None and member.endpoint and member.endpoint not in entry["endpoints"]:
+                entry["endpoints"].append(member.endpoint)
+        return sorted(keys.values(), key=lambda entry: entry["name"])
 
     def set_drain(self, name: str, drain: bool) -> dict[str, Any]:
         """``ecctl node drain|undrain NAME``: here, or sent to the member called so."""
@@ -1609,6 +1721,15 @@ class Node:
                 return {"name": name, "state": "draining" if drain else "alive"}
         raise NotFound(f"unknown node '{name}' (not a member of this node's mesh)")
 
+    def _flush_audit(self) -> None:
+        """At stop: write the audit rows still pending, if the store is there."""
+        audit = getattr(self, "audit", None)
+        if audit is not None and audit.pending and self.sync.store_ok:
+            try:
+                audit.write_pending()
+            except Exception as exc:  # noqa: BLE001 - stopping must go on whatever the database says
+                logger.warning("%d audit row(s) not written at stop: %s", len(audit.pending), exc)
+
     def _flush_history(self) -> None:
         """At stop: write the call history still pending, if the store is there (bounded wait)."""
         history = self.history
@@ -1620,6 +1741,28 @@ class Node:
                 history.write_pending()
             except Exception as exc:  # noqa: BLE001 - stopping must go on whatever the database says
                 logger.warning("call history of %d call(s) not exported at stop: %s", len(history.pending), exc)
+
+
+#: Request names (:data:`ecd.access.RULES`) of the client commands other than ADMIN.
+_REQUESTS = {protocol.Ping: "PING", protocol.Call: "CALL", protocol.Calls: "CALLS", protocol.Flow: "FLOW",
+             protocol.Stream: "STREAM", protocol.Get: "GET", protocol.Listen: "LISTEN"}
+
+
+def _request_of(message: Any) -> tuple[str, str]:
+    """The request name of a client message and the object it is about (for the audit log)."""
+    if isinstance(message, protocol.Admin):
+        name = message.args.get("name") if isinstance(message.args.get("name"), str) else ""
+        return f"admin:{message.op}", name or str(message.args.get("id") or message.args.get("user") or "")[:200]
+    request = _REQUESTS.get(type(message), type(message).__name__.upper())
+    if isinstance(message, protocol.Call):
+        return request, message.socket
+    if isinstance(message, (protocol.Get, protocol.Stream)):
+        return request, message.call_id
+    if isinstance(message, protocol.Listen):
+        return request, message.name
+    if isinstance(message, protocol.Calls):
+        return request, f"{len(message.calls)} call(s)"
+    return request, ""
 
 
 def storage_error(exc: OSError) -> bool:

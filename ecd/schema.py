@@ -5,6 +5,11 @@ Topology kinds, in dependency order: ``queue``, ``node``, ``processor``, ``socke
 a unique ``name`` and ``created``/``updated`` UNIX times. References are foreign keys to ``id``;
 the store resolves them to names.
 
+Access (issue #12): ``users`` (argon2id password hashes, never clear text), ``role``,
+``user_roles``, ``privilege`` (a right given to a user or a role), ``login_session`` (a client's
+CURVE public key bound to a user until it expires), ``audit`` (who did what, and every denial) and
+``revoked_key`` (node keys an operator removed: a node cannot register them again by itself).
+
 Bookkeeping: ``meta`` holds the one change-counter row (id = 1); ``change`` is the change log,
 one row per version (``op`` is ``upsert`` or ``delete``). Call history: ``call``, one summary per
 call with its events packed with msgpack (one row per call keeps the export cheap: see
@@ -25,18 +30,25 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditModel",
     "Base",
     "CallModel",
     "ChangeModel",
     "DeploymentModel",
     "FlowModel",
     "FlowProcessorModel",
+    "LoginSessionModel",
     "MetaModel",
     "NodeModel",
     "PlugModel",
+    "PrivilegeModel",
     "ProcessorModel",
     "QueueModel",
+    "RevokedKeyModel",
+    "RoleModel",
     "SocketModel",
+    "UserModel",
+    "UserRoleModel",
 ]
 
 
@@ -103,6 +115,8 @@ class NodeModel(_Common, Base):
     version: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     last_seen: Mapped[float] = mapped_column(sa.Float, nullable=False)
     description: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # added by 0004_access: the node's CURVE public key (Z85); peers admit only registered keys
+    key: Mapped[str] = mapped_column("public_key", sa.String(64), nullable=False, default="", server_default="")
 
 
 class ProcessorModel(_Common, Base):
@@ -178,6 +192,78 @@ class FlowProcessorModel(Base):
     processor_id: Mapped[str] = mapped_column(sa.ForeignKey("processor.id"), primary_key=True, index=True)
 
 
+# --------------------------------------------------------------------------- access (0004)
+
+
+class UserModel(_Common, Base):
+    """A user of the seed's model; ``password`` is an argon2id hash."""
+
+    __tablename__ = "users"
+    email: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
+    password: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=True)
+
+
+class RoleModel(_Common, Base):
+    """A named set of rights given to users."""
+
+    __tablename__ = "role"
+
+
+class UserRoleModel(Base):
+    """A user's membership of a role."""
+
+    __tablename__ = "user_roles"
+    user_id: Mapped[str] = mapped_column(sa.ForeignKey("users.id"), primary_key=True)
+    role_id: Mapped[str] = mapped_column(sa.ForeignKey("role.id"), primary_key=True, index=True)
+
+
+class PrivilegeModel(Base):
+    """A right given to a user or to a role (exactly one of ``user_id`` and ``role_id``)."""
+
+    __tablename__ = "privilege"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=_uuid)
+    user_id: Mapped[str | None] = mapped_column(sa.ForeignKey("users.id"), nullable=True, index=True)
+    role_id: Mapped[str | None] = mapped_column(sa.ForeignKey("role.id"), nullable=True, index=True)
+    right: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    created: Mapped[float] = mapped_column(sa.Float, nullable=False, default=time.time)
+    by: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+
+
+class LoginSessionModel(Base):
+    """A login: requests from the client CURVE key ``key`` act as ``user_id`` until ``expires``."""
+
+    __tablename__ = "login_session"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.ForeignKey("users.id"), nullable=False, index=True)
+    created: Mapped[float] = mapped_column(sa.Float, nullable=False)
+    expires: Mapped[float] = mapped_column(sa.Float, nullable=False)
+    node: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+
+
+class AuditModel(Base):
+    """One audited event: an admin change, a login or logout, or a denial."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(sa.Float, nullable=False, index=True)
+    user: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, index=True)
+    key: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    node: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    op: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    object: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
+    outcome: Mapped[str] = mapped_column(sa.String(300), nullable=False)
+
+
+class RevokedKeyModel(Base):
+    """A node key an operator replaced or removed: registration with it is refused."""
+
+    __tablename__ = "revoked_key"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    time: Mapped[float] = mapped_column(sa.Float, nullable=False)
+
+
 # --------------------------------------------------------------------------- call history
 
 
@@ -205,3 +291,5 @@ class CallModel(Base):
     # added by 0003_dataflow
     kind: Mapped[str | None] = mapped_column(sa.String(10), nullable=True)
     via: Mapped[str | None] = mapped_column(sa.String(300), nullable=True)
+    # added by 0004_access: who sent the call (its run's); ``ls calls`` shows users their own
+    user: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, index=True)

@@ -1,5 +1,10 @@
 """The client-facing ZeroMQ sockets of a node: ROUTERs bound on ipc:// and tcp:// endpoints.
 
+On a secure node (the default) every tcp ROUTER is a CURVE server (:mod:`ecd.zap`), and each
+request carries the ZAP ``User-Id`` of its connection (the client's public key): that, and
+whether it came in on the ipc socket (the local administrator), is all the node knows of who sent
+it. The ipc socket file is 0660: whoever can open it administers the node (like docker.sock).
+
 Owns socket options (ROUTER_MANDATORY so unroutable replies are reported, not silently dropped;
 HANDOVER so a reconnecting client with a fixed identity is not locked out; heartbeats; small
 linger; MAXMSGSIZE) and turns frames into protocol messages and back. Replies that cannot be
@@ -13,10 +18,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 
 import protocol
+
+from .keys import KeyPair
+from .zap import curve_server, user_id
 
 logger = logging.getLogger(__name__)
 
@@ -30,24 +39,39 @@ RECV_BATCH = 256
 
 @dataclass(frozen=True)
 class Peer:
-    """Where a request came from, so its reply goes back the same way."""
+    """Where a request came from, so its reply goes back the same way: the socket, the routing
+    identity, the connection's CURVE key (``key``, its ZAP User-Id; "" without CURVE), whether it
+    came in on the ipc socket, and the principal the node resolved for it."""
 
     socket: zmq.Socket
     identity: bytes
+    key: str = ""
+    local: bool = False
+    principal: Any = None
 
 
 class Frontend:
     """The ROUTER sockets a node serves clients on."""
 
-    def __init__(self, context: zmq.Context, endpoints: tuple[str, ...]) -> None:
+    def __init__(self, context: zmq.Context, endpoints: tuple[str, ...], keys: KeyPair | None = None) -> None:
+        """``keys``: the node's key pair, making every tcp endpoint a CURVE server (None: plain tcp,
+        ``--insecure``). The ZAP handler must be running in ``context`` already."""
         self.context = context
+        self.keys = keys
         self.sockets: list[zmq.Socket] = []
         self.bound: list[str] = []
+        self._local: set[zmq.Socket] = set()
+        self._curve: set[zmq.Socket] = set()
         for endpoint in endpoints:
             self._bind(endpoint)
 
     def _bind(self, endpoint: str) -> None:
         sock = self.context.socket(zmq.ROUTER)
+        if endpoint.startswith("ipc://"):
+            self._local.add(sock)
+        elif self.keys is not None:
+            curve_server(sock, self.keys)
+            self._curve.add(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 500)
@@ -72,18 +96,29 @@ class Frontend:
         """Read up to RECV_BATCH waiting requests from ``sock``. Undecodable ones come back as
         ProtocolError values so the caller can answer them."""
         out: list[tuple[Peer, protocol.Message | protocol.ProtocolError]] = []
+        local = sock in self._local
+        curve = sock in self._curve
         for _ in range(RECV_BATCH):
             # EVENTS first: a failed non-blocking recv raises zmq.Again, which costs far more
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 break
+            key = ""
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                if curve:  # the connection's key comes with every message (its metadata)
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = user_id(parts[0])
+                    frames = [part.bytes for part in parts]
+                else:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
             if len(frames) < 2:
                 logger.warning("dropping a message without routing identity")
                 continue
-            peer = Peer(sock, frames[0])
+            if curve and not key:
+                logger.warning("dropping a message without a ZAP User-Id on a CURVE socket")
+                continue
+            peer = Peer(sock, frames[0], key, local)
             try:
                 out.append((peer, protocol.decode(frames[1:])))
             except protocol.ProtocolError as exc:

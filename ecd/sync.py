@@ -254,10 +254,11 @@ class TopologySync:
 
 
 def save_cache(path: Path, topology: Topology) -> None:
-    """Write the topology to ``path`` atomically (write, fsync, rename)."""
+    """Write the topology to ``path`` atomically (write, fsync, rename), readable by its owner only."""
     tmp = path.with_suffix(".tmp")
     data = json.dumps(dataclasses.asdict(topology), separators=(",", ":")).encode()
-    with open(tmp, "wb") as handle:
+    # private whatever the umask: it names users, their rights and the keys of their logins
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

@@ -273,7 +273,8 @@ class Ticker:
         record["tick"] = tick
         if node.mesh.members:  # copies go to the next leaders: whoever fires next knows this tick
             order = sorted(m.node_id for m in node.mesh.reachable() if not m.draining)
-            record.update(term=0, version=1, replicas=order[: max(0, node.cluster.wanted_replicas() - 1)])
+            record.update(term=0, version=1)
+            C.set_replicas(record, order[: max(0, node.cluster.wanted_replicas() - 1)])
         logger.debug("fired %s", note)
         return record
 

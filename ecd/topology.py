@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 import uuid
@@ -44,7 +45,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from ecd import netspec
-from ecd.errors import AlreadyExists, InvalidName, NotFound, StillReferenced, StoreUnavailable, TopologyError
+from ecd.accounts import ACCESS_KINDS, Accounts, RoleDef, SessionDef, UserDef, load_access, write_audit
+from ecd.errors import AlreadyExists, InvalidName, KeyRefused, NotFound, StillReferenced, StoreUnavailable, TopologyError
 from ecd.migrations import SCRIPT_LOCATION
 from ecd.netspec import (
     FIELDS,
@@ -70,6 +72,7 @@ from ecd.schema import (
     PlugModel,
     ProcessorModel,
     QueueModel,
+    RevokedKeyModel,
     SocketModel,
 )
 
@@ -132,6 +135,7 @@ class NodeDef:
     cpus: int
     version: str
     description: str | None
+    key: str = ""  # its CURVE public key (Z85): peers admit only nodes with a registered key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,10 +234,14 @@ class Topology:
     plugs: dict[str, PlugDef] = dataclasses.field(default_factory=dict)
     deployments: dict[str, DeploymentDef] = dataclasses.field(default_factory=dict)
     flows: dict[str, FlowDef] = dataclasses.field(default_factory=dict)
+    # access (issue #12): users with their roles and direct rights, roles, login sessions by key
+    users: dict[str, UserDef] = dataclasses.field(default_factory=dict)
+    roles: dict[str, RoleDef] = dataclasses.field(default_factory=dict)
+    sessions: dict[str, SessionDef] = dataclasses.field(default_factory=dict)
 
     def apply(self, delta: TopologyDelta) -> Topology:
         """This topology with ``delta`` applied (a new object; this one is left alone)."""
-        parts = {f"{kind}s": dict(getattr(self, f"{kind}s")) for kind in KINDS}
+        parts = {f"{kind}s": dict(getattr(self, f"{kind}s")) for kind in ALL_KINDS}
         for kind, items in delta.changed.items():
             target = parts[f"{kind}s"]
             for name, value in items.items():
@@ -243,6 +251,9 @@ class Topology:
                     target[name] = value
         return Topology(version=delta.version, epoch=delta.epoch or self.epoch, **parts)
 
+
+#: Every kind of the change log: the network's, then the access kinds (users, roles, sessions).
+ALL_KINDS = (*KINDS, *ACCESS_KINDS)
 
 _MODELS: dict[str, Any] = {
     "queue": QueueModel, "node": NodeModel, "processor": ProcessorModel, "socket": SocketModel,
@@ -332,6 +343,11 @@ class _Writer:
             raise StoreUnavailable("topology store unavailable: schema missing (run ensure_schema)")
         self.version = int(version)
 
+    @property
+    def accounts(self) -> Accounts:
+        """The access writes of this transaction (users, roles, privileges, sessions)."""
+        return Accounts(self)
+
     def touch(self, kind: str, name: str, op: str) -> None:
         self.touched.pop((kind, name), None)
         self.touched[(kind, name)] = op
@@ -417,7 +433,7 @@ class _Writer:
         self._assign(kind, obj, changed)
         obj.updated = time.time()
         self.session.flush()
-        self._after_write(kind, obj, changed)
+        self._after_write(kind, obj, changed, old_key=old.get("key") or "")
         self.touch(kind, name, "upsert")
         log.info("updated %s %r: %s", kind, name, ", ".join(diff))
         return self.get(kind, name), diff
@@ -430,7 +446,14 @@ class _Writer:
             elif key != "processors":
                 setattr(obj, key, value)
 
-    def _after_write(self, kind: str, obj: Any, values: dict[str, Any]) -> None:
+    def _after_write(self, kind: str, obj: Any, values: dict[str, Any], old_key: str = "") -> None:
+        if kind == "node" and "key" in values:
+            # an operator's key: admitted again if it was revoked; the key it replaces is revoked
+            # (the node that holds it cannot register it again by itself)
+            if values["key"]:
+                self.session.execute(sa.delete(RevokedKeyModel).where(RevokedKeyModel.key == values["key"]))
+            if old_key and old_key != values["key"]:
+                self.revoke_key(old_key, obj.name)
         if kind == "flow" and "processors" in values:
             ids = [self.require("processor", proc).id for proc in values["processors"]]
             self.session.execute(sa.delete(FlowProcessorModel).where(FlowProcessorModel.flow_id == obj.id))
@@ -489,6 +512,8 @@ class _Writer:
         out = self.get(kind, name)
         if kind == "flow":
             self.session.execute(sa.delete(FlowProcessorModel).where(FlowProcessorModel.flow_id == obj.id))
+        if kind == "node" and out.get("key"):
+            self.revoke_key(out["key"], name)
         self.session.delete(obj)
         self.session.flush()
         self.touch(kind, name, "delete")
@@ -516,9 +541,23 @@ class _Writer:
         return {"processor": name, "sockets": gone["socket"], "plugs": gone["plug"],
                 "deployments": gone["deployment"], "flows": flows}
 
+    def revoke_key(self, key: str, name: str) -> None:
+        if self.session.get(RevokedKeyModel, key) is None:
+            self.session.add(RevokedKeyModel(key=key, name=name, time=time.time()))
+            log.info("node key of %r revoked", name)
+
     def register_node(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         obj = self.find("node", name)
+        key = values.get("key") or ""
+        if key and self.session.get(RevokedKeyModel, key) is not None:
+            raise KeyRefused(f"the key of this node was revoked for node {name!r}: peers refuse it; "
+                             f"admit it again with `ecctl add node -n {name} --key {key}` (or update node)")
+        if obj is not None and obj.key and key and obj.key != key:
+            raise KeyRefused(f"node {name!r} is registered with another key: peers refuse this one; "
+                             f"if this node is {name!r}, run `ecctl update node -n {name} --key {key}`")
+        if obj is not None and obj.key and not key:
+            values = {k: v for k, v in values.items() if k != "key"}  # an insecure node keeps the key
         if obj is None:
             obj = NodeModel(name=name, created=now, updated=now, last_seen=now, **values)
             self.session.add(obj)
@@ -605,8 +644,9 @@ class TopologyStore:
             raise
 
     @contextlib.contextmanager
-    def _writing(self, dry_run: bool = False) -> Iterator[_Writer]:
-        """One write transaction (rolled back when ``dry_run``)."""
+    def _writing(self, dry_run: bool = False, audit: dict[str, Any] | None = None) -> Iterator[_Writer]:
+        """One write transaction (rolled back when ``dry_run``); ``audit`` is a row of the audit
+        log written in it (the change and its record commit together)."""
         try:
             with self._session(write=True) as session:
                 writer = _Writer(session, self.dialect == "postgresql", self.change_log_keep)
@@ -615,10 +655,20 @@ class TopologyStore:
                 if dry_run:
                     raise _Rollback
                 writer.finish()
+                if audit is not None:
+                    write_audit(session, [audit])
         except _Rollback:
             pass
         except sa_exc.IntegrityError as e:
             raise TopologyError(f"conflicting change: {str(e.orig).strip().splitlines()[0]}") from e
+
+    def writing(self, audit: dict[str, Any] | None = None) -> contextlib.AbstractContextManager[_Writer]:
+        """One write transaction for other parts of the store (:mod:`ecd.accounts`)."""
+        return self._writing(audit=audit)
+
+    def session(self) -> contextlib.AbstractContextManager[Session]:
+        """One read (or plain write) transaction for other parts of the store."""
+        return self._session(write=True)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -661,6 +711,7 @@ class TopologyStore:
                     log.info("stamping an ecd 0.1 topology database at revision 0001")
                     command.stamp(config, "0001")
                 command.upgrade(config, "head")
+                self._private_files()
                 if conn.scalar(sa.select(MetaModel.version).where(MetaModel.id == 1)) is None:
                     conn.execute(sa.insert(MetaModel).values(id=1, version=0, epoch=str(uuid.uuid4())))
                 elif conn.scalar(sa.select(MetaModel.epoch).where(MetaModel.id == 1)) is None:
@@ -673,6 +724,20 @@ class TopologyStore:
 
     create_schema = ensure_schema
 
+    def _private_files(self) -> None:
+        """An SQLite database file (and its journal files) readable by its owner only: it holds
+        the users' password hashes."""
+        if self.dialect != "sqlite" or not self.engine.url.database or self.engine.url.database == ":memory:":
+            return
+        for suffix in ("", "-wal", "-shm"):
+            path = self.engine.url.database + suffix
+            try:
+                os.chmod(path, 0o600)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # not ours to change (a shared file): say so, once per start
+                log.warning("cannot make %s private: %s", path, exc.strerror)
+
     def version(self) -> int:
         """The change counter: it moves on every change and never on reads."""
         with self._session() as session:
@@ -680,55 +745,64 @@ class TopologyStore:
 
     # ------------------------------------------------------------------ writes
 
-    def add(self, kind: str, /, **fields: Any) -> dict[str, Any]:
-        """Add an object of ``kind`` (``name`` plus its fields; defaults for the rest)."""
+    def add(self, kind: str, /, *, audit: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """Add an object of ``kind`` (``name`` plus its fields; defaults for the rest). ``audit``
+        (here and below) is the audit row written in the same transaction."""
         check_kind(kind)
-        with self._writing() as writer:
+        with self._writing(audit=audit) as writer:
             return writer.add(kind, fields)
 
-    def update(self, kind: str, name: str, /, **fields: Any) -> dict[str, Any]:
+    def update(self, kind: str, name: str, /, *, audit: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Change some fields of an object; the version moves only when a value changed."""
         check_kind(kind)
-        with self._writing() as writer:
+        with self._writing(audit=audit) as writer:
             return writer.update(kind, name, fields)[0]
 
-    def delete(self, kind: str, name: str) -> dict[str, Any]:
+    def delete(self, kind: str, name: str, *, audit: dict[str, Any] | None = None) -> dict[str, Any]:
         """Delete an object; StillReferenced names every referrer. Returns the deleted dict."""
         check_kind(kind)
         check_name(name, f"{kind} name")
-        with self._writing() as writer:
+        with self._writing(audit=audit) as writer:
             return writer.delete(kind, name)
 
-    def restart_processor(self, name: str) -> dict[str, Any]:
+    def restart_processor(self, name: str, *, audit: dict[str, Any] | None = None) -> dict[str, Any]:
         """Bump the processor's ``restarts`` counter (every node rolls its workers), atomically:
         two restarts at once are two restarts."""
         check_name(name, "processor name")
-        with self._writing() as writer:
+        with self._writing(audit=audit) as writer:
             current = writer.get("processor", name)
             return writer.update("processor", name, {"restarts": int(current.get("restarts") or 0) + 1})[0]
 
-    def remove_processor(self, name: str) -> dict[str, Any]:
+    def remove_processor(self, name: str, *, audit: dict[str, Any] | None = None) -> dict[str, Any]:
         """Delete a processor with its sockets, the plugs on them, its deployments and flow memberships."""
         check_name(name, "processor name")
-        with self._writing() as writer:
+        with self._writing(audit=audit) as writer:
             return writer.remove_processor(name)
 
-    def register_node(self, name: str, endpoint: str, cpus: int, version: str) -> dict[str, Any]:
-        """Insert or update a node and refresh its ``last_seen`` (bumps only on change)."""
+    def register_node(self, name: str, endpoint: str, cpus: int, version: str, key: str = "") -> dict[str, Any]:
+        """Insert or update a node and refresh its ``last_seen`` (bumps only on change). ``key``
+        (the node's CURVE public key) is registered when the node has none yet; KeyRefused when
+        an operator revoked it or registered another one for this name."""
         check_name(name, "node name")
         values = {
             "endpoint": check_token(endpoint, "endpoint", 500),
             "cpus": check_int(cpus, "cpus", 1, MAX_CPUS),
             "version": check_token(version, "version", 100),
+            "key": netspec.check_key(key),
         }
         with self._writing() as writer:
             return writer.register_node(name, values)
 
-    def apply(self, spec: dict[str, Any], *, dry_run: bool = False, prune: bool = False) -> dict[str, Any]:
-        """Make the database match ``spec`` in one transaction (see :mod:`ecd.netspec`)."""
+    def apply(self, spec: dict[str, Any], *, dry_run: bool = False, prune: bool = False,
+              allowed: Any = None, audit: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Make the database match ``spec`` in one transaction (see :mod:`ecd.netspec`).
+        ``allowed(changes)`` (if given) sees the changes before they commit and raises to refuse
+        them all (the caller's rights)."""
         plan = netspec.parse(spec)
-        with self._writing(dry_run=dry_run) as writer:
+        with self._writing(dry_run=dry_run, audit=None if dry_run else audit) as writer:
             changes = netspec.run(writer, plan, prune=prune)
+            if allowed is not None:
+                allowed(changes)
         return {"changes": changes, "applied": not dry_run, "version": writer.version}
 
     # wrappers kept from #2
@@ -773,6 +847,7 @@ class TopologyStore:
             version = self._version(session)
             epoch = self._epoch(session)
             parts = {f"{kind}s": {row["name"]: _as_def(kind, row) for row in _load(session, kind)} for kind in KINDS}
+            parts.update({f"{kind}s": load_access(session, kind) for kind in ACCESS_KINDS})
         return Topology(version=version, epoch=epoch, **parts)
 
     def changes_since(self, version: int, epoch: str | None = None) -> TopologyDelta | None:
@@ -792,14 +867,17 @@ class TopologyStore:
             log_rows = session.execute(
                 sa.select(ChangeModel.kind, ChangeModel.name).where(ChangeModel.version > version)
             ).all()
-            if len(log_rows) != current - version or any(kind not in _MODELS for kind, _ in log_rows):
+            if len(log_rows) != current - version or any(kind not in ALL_KINDS for kind, _ in log_rows):
                 return None  # versions without a row (an ecd 0.1 wrote) or unknown kinds: reload all
             wanted: dict[str, set[str]] = {}
             for kind, name in log_rows:
                 wanted.setdefault(kind, set()).add(name)
             changed = {}
             for kind, names in wanted.items():
-                found = {row["name"]: _as_def(kind, row) for row in _load(session, kind, names)}
+                if kind in ACCESS_KINDS:
+                    found = load_access(session, kind, names)
+                else:
+                    found = {row["name"]: _as_def(kind, row) for row in _load(session, kind, names)}
                 changed[kind] = {name: found.get(name) for name in sorted(names)}
         return TopologyDelta(version=current, changed=changed, epoch=store_epoch)
 

@@ -1,6 +1,7 @@
 """`make demo`: a throwaway ecd on the embedded SQLite default, the bundled example processor
-loaded from a git repository, a few calls from ecctl and from Python, a shell pipe, then a clean
-stop. Everything lives in a temp dir that is removed at the end.
+loaded from a git repository, a few calls from ecctl and from Python, a shell pipe, a client on
+tcp that pins the node's key and logs in (CURVE), then a clean stop. Everything lives in a temp
+dir that is removed at the end (the client's config folder too: EC_CONFIG_DIR).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,7 @@ ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 
 
-def sh(cmd: list[str] | str, env: dict[str, str], **kw: object) -> str:
+def sh(cmd: list[str] | str, env: dict[str, str], expect: int = 0, **kw: object) -> str:
     shown = cmd if isinstance(cmd, str) else " ".join(cmd)
     print(f"$ {shown}", flush=True)
     result = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=600,
@@ -27,10 +29,18 @@ def sh(cmd: list[str] | str, env: dict[str, str], **kw: object) -> str:
     out = result.stdout.rstrip("\n")
     if out:
         print(out)
-    if result.returncode != 0:
+    if expect and result.stderr:
+        print(result.stderr.rstrip("\n"))
+    if result.returncode != expect:
         print(result.stderr, file=sys.stderr)
         raise SystemExit(f"demo step failed: {shown}")
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -42,10 +52,13 @@ def main() -> None:
                "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "sample processor"]):
         subprocess.run(["git", *args], cwd=repo, env=git_env, check=True, timeout=60)
-    env = {**os.environ, "EC_ENDPOINT": f"ipc://{data_dir}/ecd.sock", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "EC_ENDPOINT": f"ipc://{data_dir}/ecd.sock", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           "EC_CONFIG_DIR": str(base / "client-config")}
+    tcp = f"tcp://127.0.0.1:{free_port()}"
     log = open(base / "ecd.log", "wb")
-    print(f"$ ecd run --data-dir {data_dir}   (log: {base / 'ecd.log'})", flush=True)
-    ecd = subprocess.Popen([str(BIN / "ecd"), "run", "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    print(f"$ ecd run --data-dir {data_dir} --listen {tcp}   (log: {base / 'ecd.log'})", flush=True)
+    ecd = subprocess.Popen([str(BIN / "ecd"), "run", "--data-dir", str(data_dir), "--listen", tcp], stdout=log,
+                           stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 30
         while subprocess.run([str(BIN / "ecctl"), "status"], env=env, capture_output=True).returncode != 0:
@@ -96,6 +109,17 @@ def main() -> None:
         sh(["ecctl", "run", "--stream", "sample.tasks.count", "--data", "[3, 0.2]"], env)
         sh(["ecctl", "ls", "calls", "-r", "5"], env)
         sh(["ecctl", "status"], env)
+        # the same node over tcp, as a client on another machine meets it: CURVE, a pinned key, a login
+        print("# over tcp: the node's key is pinned, then the client logs in (the ipc socket above is "
+              "the local administrator)", flush=True)
+        key = sh(["ecd", "keys", "show", "--data-dir", str(data_dir)], env)
+        sh(["ecctl", "trust", tcp, key], env)
+        remote = {**env, "EC_ENDPOINT": tcp}
+        sh(["ecctl", "run", "sample.tasks.do_this", "before login"], remote, expect=1)
+        sh(f"ecctl login -u admin --password-stdin < {data_dir / 'admin.password'}", remote)
+        sh(["ecctl", "whoami"], remote)
+        sh(["ecctl", "run", "sample.tasks.do_something", "over CURVE"], remote)
+        sh(["ecctl", "ls", "audit", "-r", "4"], remote)
     finally:
         print("$ kill -TERM ecd", flush=True)
         if ecd.poll() is None:

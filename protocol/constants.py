@@ -81,7 +81,8 @@ COMMAND_NAMES: Final[dict[int, str]] = {
 
 # Error codes (Error.code and ProtocolError.code); numbers follow HTTP where one fits.
 E_MALFORMED: Final = 400          # not a valid message: framing, msgpack or field types
-E_UNAUTHORIZED: Final = 401       # credentials missing or refused
+E_UNAUTHORIZED: Final = 401       # not authenticated: no session for the caller's key (log in)
+E_FORBIDDEN: Final = 403          # authenticated, but the caller lacks the right the request needs
 E_NOT_FOUND: Final = 404          # unknown call id, socket, queue, processor, admin op
 E_TIMEOUT: Final = 408            # a deadline ran out
 E_CONFLICT: Final = 409           # name already exists / state forbids the operation
@@ -95,7 +96,7 @@ E_VERSION: Final = 505            # protocol version not supported
 E_STORAGE: Final = 507            # the write-ahead log could not commit
 
 ERROR_NAMES: Final[dict[int, str]] = {
-    E_MALFORMED: "malformed", E_UNAUTHORIZED: "unauthorized", E_NOT_FOUND: "not found",
+    E_MALFORMED: "malformed", E_UNAUTHORIZED: "unauthorized", E_FORBIDDEN: "forbidden", E_NOT_FOUND: "not found",
     E_TIMEOUT: "timeout", E_CONFLICT: "conflict", E_TOO_LARGE: "too large",
     E_INVALID: "invalid", E_FAILED_DEPENDENCY: "failed dependency", E_QUEUE_FULL: "queue full",
     E_INTERNAL: "internal error", E_UNAVAILABLE: "unavailable", E_VERSION: "version not supported",

@@ -55,6 +55,58 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def client_config_dir() -> Iterator[Path]:
+    """The clients' config folder (known node keys, the client key pair) for the whole run, in a
+    temp dir: no test reads or writes the user's ~/.config/ec."""
+    path = Path(tempfile.mkdtemp(prefix="ec-config-"))
+    old = os.environ.get("EC_CONFIG_DIR")
+    os.environ["EC_CONFIG_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EC_CONFIG_DIR", None)
+    else:
+        os.environ["EC_CONFIG_DIR"] = old
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def node_key(data_dir: Path) -> str:
+    """The public key of the node whose data dir is ``data_dir`` (``ecd keys show``)."""
+    from ecd.keys import load
+
+    return load(data_dir).public_text
+
+
+def trust(endpoint: str, data_dir: Path) -> None:
+    """``ecctl trust ENDPOINT KEY`` for the node at ``endpoint`` (in the run's config folder)."""
+    from ecctl.trust import KnownNodes
+
+    KnownNodes().trust(endpoint, node_key(data_dir))
+
+
+def admin_password(*data_dirs: Path) -> str:
+    """The password the first start wrote for user admin (in the data dir of the node that made
+    it: with a shared database, one of them)."""
+    for data_dir in data_dirs:
+        path = Path(data_dir) / "admin.password"
+        if path.exists():
+            return path.read_text().strip()
+    raise AssertionError(f"no admin.password in {[str(d) for d in data_dirs]}")
+
+
+def admin_client(endpoints: str, *data_dirs: Path, **kwargs: Any) -> Any:
+    """A Client for ``endpoints`` (tcp ones trusted with their nodes' keys, in the order of
+    ``data_dirs``) that logs in as admin when it needs to."""
+    from ecctl import Client
+
+    tcp_dirs = []
+    for endpoint, data_dir in zip(endpoints.split(","), data_dirs):
+        if endpoint.strip().startswith("tcp://"):
+            trust(endpoint.strip(), data_dir)
+            tcp_dirs.append(data_dir)
+    return Client(endpoints, user="admin", password=admin_password(*tcp_dirs, *data_dirs), **kwargs)
+
+
 @pytest.fixture(scope="session")
 def venv_cache() -> Iterator[Path]:
     """One virtualenv cache for the whole run: nodes reuse venvs across tests."""
@@ -90,6 +142,18 @@ class EcdProcess:
     @property
     def endpoint(self) -> str:
         return f"ipc://{self.data_dir / 'ecd.sock'}"
+
+    @property
+    def key(self) -> str:
+        """The node's public key (made at its first start)."""
+        return node_key(self.data_dir)
+
+    def admin_client(self, endpoint: str | None = None, **kwargs: Any) -> Any:
+        """A Client over tcp (``endpoint``, default this node's ``listen``) trusting this node's
+        key and logged in as its admin."""
+        target = endpoint or self.listen
+        assert target, "the node has no tcp endpoint"
+        return admin_client(target, self.data_dir, **kwargs)
 
     def start(self, wait: bool = True) -> "EcdProcess":
         args = [*self.wrap, sys.executable, "-m", "ecd", "run", "--data-dir", str(self.data_dir), "--venv-dir", str(self.venv_dir),

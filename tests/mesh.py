@@ -77,6 +77,15 @@ class MeshNodes:
     def client(self, i: int, **kwargs: Any) -> Client:
         return Client(self.nodes[i].endpoint, **kwargs)
 
+    def tcp_client(self, endpoints: str, **kwargs: Any) -> Client:
+        """A Client for tcp ``endpoints`` of this mesh: every node's key trusted, logged in as the
+        mesh's admin (the one user the first start made in the shared database)."""
+        from tests.conftest import admin_password, trust
+
+        for endpoint, node in zip(self.tcp, self.nodes):
+            trust(endpoint, node.data_dir)
+        return Client(endpoints, user="admin", password=admin_password(*(n.data_dir for n in self.nodes)), **kwargs)
+
     def all_endpoints(self, first: int = 0, ipc: bool = False) -> str:
         """Every node's tcp (or ipc) endpoint, node ``first`` first (a failover list)."""
         endpoints = [node.endpoint for node in self.nodes] if ipc else self.tcp

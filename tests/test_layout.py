@@ -17,6 +17,7 @@ _DB_MODULES = {
     "ecd/schema.py", "ecd/topology.py", "ecd/history.py", "ecd/push.py", "ecd/dbcli.py",
     "ecd/migrations/env.py", "ecd/migrations/versions/0001_initial.py",
     "ecd/migrations/versions/0002_network.py", "ecd/migrations/versions/0003_dataflow.py",
+    "ecd/migrations/versions/0004_access.py", "ecd/accounts.py",
 }
 
 #: Third-party module -> the only product modules allowed to import it.
@@ -28,7 +29,9 @@ HOMES = {
     "yaml": {"ecctl/cli.py", "ecctl/spec.py"},
     "git": {"ecd/repos.py"},
     "virtualenv": {"ecd/repos.py"},
-    "zmq": {"ecd/node.py", "ecd/server.py", "ecd/mesh.py", "ecctl/client.py"},
+    "zmq": {"ecd/node.py", "ecd/server.py", "ecd/mesh.py", "ecd/zap.py", "ecd/keys.py", "ecctl/client.py",
+            "ecctl/trust.py"},
+    "argon2": {"ecd/accounts.py"},
     "psutil": {"ecd/stats.py"},
 }
 

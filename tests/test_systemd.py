@@ -229,6 +229,7 @@ def test_example_config_loads() -> None:
     config = load_config(config_file=CONFIG, environ={})
     assert config.data_dir == Path("/var/lib/ec")
     assert config.listen == ("tcp://127.0.0.1:5555",)
+    assert config.insecure is False  # the example is the secure setup
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from ecctl import Client
 from tests.conftest import ROOT, SAMPLE_FUNCTIONS, EcdProcess, free_port, run_ecctl, sample_node_for_module, wait_for
@@ -157,10 +158,20 @@ def test_no_daemon_ipc_exit_2(tmp_path: Path) -> None:
 
 def test_no_daemon_tcp_closed_port_exit_2() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    proc = run_ecctl(endpoint, "--timeout", "2", "run", "sample.tasks.do_this", "x", timeout=60)
+    key = zmq.curve_keypair()[0].decode()
+    proc = run_ecctl(endpoint, "--timeout", "2", "--server-key", key, "run", "sample.tasks.do_this", "x", timeout=60)
     assert proc.returncode == 2
     lines = stderr_lines(proc)
     assert lines == [f"error: no daemon at {endpoint}"]
+
+
+def test_a_tcp_endpoint_with_no_known_key_exits_2_naming_keys_show_and_trust() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = run_ecctl(endpoint, "--timeout", "2", "run", "sample.tasks.do_this", "x", timeout=60)
+    assert proc.returncode == 2
+    (line,) = stderr_lines(proc)
+    assert line.startswith(f"error: the key of the node at {endpoint} is unknown")
+    assert "`ecd keys show`" in line and f"`ecctl trust {endpoint} KEY`" in line
 
 
 def test_endpoint_option_overrides_env(cli_node: EcdProcess, tmp_path: Path) -> None:

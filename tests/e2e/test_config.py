@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ecctl import Client
-from tests.conftest import ROOT, EcdProcess, free_port, register_sample, run_ecctl
+from tests.conftest import ROOT, EcdProcess, admin_client, free_port, register_sample, run_ecctl
 
 
 def _ecd(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
@@ -29,17 +29,25 @@ def test_config_file_sets_name_cpus_and_tcp_listener(ecd_factory, sample_repo: s
     node.extra = ("--config", str(config))
     node.start()
     tcp = f"tcp://127.0.0.1:{port}"
-    with Client(tcp) as client:
+    with admin_client(tcp, node.data_dir) as client:
         status = client.status()
         assert (status["node"], status["cpus"]) == ("cfg-node", 1)
         assert tcp in status["endpoints"]
         register_sample(client, sample_repo, concurrency=1)
         assert client.call("sample.tasks.add_two", 40, 2).get(timeout=30) == 42
-    # ecctl reaches it over tcp through its own TOML config file
+    # ecctl reaches it over tcp through its own TOML config file, the node's key in it; a config
+    # folder of its own: a client that never logged in
     ecctl_config = tmp_path / "ecctl.toml"
-    ecctl_config.write_text(f'endpoint = "{tcp}"\n')
+    ecctl_config.write_text(f'endpoint = "{tcp}"\nserver_key = "{node.key}"\n')
+    env = {"EC_ENDPOINT": "", "EC_CONFIG_DIR": str(tmp_path / "client")}
     proc = run_ecctl("ipc:///nonexistent/ecd.sock", "--config", str(ecctl_config), "run", "sample.tasks.do_this", "x",
-                     env={"EC_ENDPOINT": ""})
+                     env=env)
+    assert proc.returncode == 1 and b"not logged in" in proc.stderr, proc.stderr
+    proc = run_ecctl("ipc:///nonexistent/ecd.sock", "--config", str(ecctl_config), "login", "-u", "admin",
+                     "--password-stdin", env=env, input=(node.data_dir / "admin.password").read_bytes())
+    assert proc.returncode == 0 and proc.stdout.startswith(b"logged in as admin until "), proc.stderr
+    proc = run_ecctl("ipc:///nonexistent/ecd.sock", "--config", str(ecctl_config), "run", "sample.tasks.do_this", "x",
+                     env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == "Do this: x\n"
     assert node.terminate() == 0

@@ -56,7 +56,7 @@ def test_ls_nodes_shows_every_member_and_a_killed_one_goes_dead(mesh: MeshNodes)
 def test_a_call_survives_the_kill_of_the_node_that_accepted_it(mesh: MeshNodes) -> None:
     """ACCEPTED means two nodes hold the call: with its owner killed mid-run, another node runs
     it and the client, listing every endpoint, gets the result by itself."""
-    client = Client(mesh.all_endpoints(first=1), timeout=60)
+    client = mesh.tcp_client(mesh.all_endpoints(first=1), timeout=60)
     calls = [client.call("sample.tasks.token", 1.0) for _ in range(6)]
     mesh.nodes[1].kill9()
     started = time.monotonic()
@@ -107,7 +107,7 @@ def test_drain_hands_queued_calls_to_peers_and_loses_nothing(mesh: MeshNodes) ->
     assert out.returncode == 0, out.stderr.decode()
     wait_for(lambda: mesh.states(0).get("n2") == "drained", 60, what="n2 drained")
     assert mesh.nodes[1].terminate() == 0
-    client = Client(",".join([mesh.tcp[0], mesh.tcp[2]]), timeout=60)
+    client = mesh.tcp_client(",".join([mesh.tcp[0], mesh.tcp[2]]), timeout=60)
     assert [client.result(call.id, timeout=60) for call in calls] == [0.3] * 30
     attempts = [client.ls_call(call.id)["attempts"] for call in calls]
     assert max(attempts) == 1, attempts  # handed over, not run twice
@@ -129,7 +129,7 @@ def test_kill9_rounds_lose_no_acknowledged_call_and_never_give_two_results(mesh:
     errors: list[BaseException] = []
 
     def submit(first: int) -> None:
-        client = Client(mesh.all_endpoints(first=first), timeout=60)
+        client = mesh.tcp_client(mesh.all_endpoints(first=first), timeout=60)
         try:
             while not stop.is_set():
                 call_id = str(uuid.uuid4())
@@ -160,7 +160,7 @@ def test_kill9_rounds_lose_no_acknowledged_call_and_never_give_two_results(mesh:
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
-    reader = Client(endpoints, timeout=120)
+    reader = mesh.tcp_client(endpoints, timeout=120)
     completed = {}
     for cid in sorted(history.acked):
         try:

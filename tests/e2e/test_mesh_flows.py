@@ -27,7 +27,7 @@ def mesh(venv_cache: Path, sample_repo: str) -> Iterator[MeshNodes]:
 
 
 def test_the_seed_workflow_runs_on_the_mesh(mesh: MeshNodes) -> None:
-    client = Client(mesh.all_endpoints(first=1), timeout=60)
+    client = mesh.tcp_client(mesh.all_endpoints(first=1), timeout=60)
     do_something = Function("sample.tasks.do_something", client=client).p
     _pipeline = pipeline([do_something("One"), do_something("Two"),
                           parallel([do_something("Four"), do_something("Five")]), do_something("Three")])
@@ -42,7 +42,7 @@ def test_the_seed_workflow_runs_on_the_mesh(mesh: MeshNodes) -> None:
 
 
 def test_a_workflow_survives_the_kill_of_its_owner(mesh: MeshNodes) -> None:
-    client = Client(mesh.all_endpoints(first=1), timeout=60)
+    client = mesh.tcp_client(mesh.all_endpoints(first=1), timeout=60)
     sleep = Function("sample.tasks.sleep", client=client).p
     echo = Function("sample.tasks.echo", client=client).p
     handle = pipeline([sleep(0.5), parallel([sleep(), sleep()]), echo("end")])()  # sleep(0.5) twice, then echo

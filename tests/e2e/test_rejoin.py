@@ -15,100 +15,18 @@ copy leaves before the owner's own fsync, and N was killed in between).
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 import uuid
 from typing import Any, Callable
 
 import pytest
-import zmq
 
 import protocol
 from ecctl import Client
 from tests.conftest import EcdProcess, register_sample
 from tests.mesh import free_port_on
+from tests.peers import PlayedPeer
 from tests.waiting import wait_for
-
-
-class PlayedPeer:
-    """A mesh member played by the test, in a thread of its own: it binds its endpoint (where
-    the node's messages arrive), beats and answers while ``beating`` is set (else it is away),
-    keeps and acknowledges what the node REPLICATEs to it, and hands each SYNC to ``on_sync``, which returns the answer to send."""
-
-    def __init__(self, node_endpoint: str) -> None:
-        self.node_id = str(uuid.uuid4())
-        self.endpoint = f"tcp://127.0.0.2:{free_port_on('127.0.0.2')}"
-        self.node_endpoint = node_endpoint
-        self.beating = threading.Event()
-        self.beating.set()
-        self.copies: dict[str, dict[str, Any]] = {}   # call id -> the newest copy the node sent
-        self.stored: set[str] = set()                 # ids the node acknowledged storing for us
-        self.synced: list[dict[str, Any]] = []        # records the node sent in SYNCED answers
-        self.on_sync: Callable[[dict[str, Any]], list[tuple[int, dict[str, Any]]]] = lambda body: []
-        self._outgoing: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
-        self._stop = threading.Event()
-        self._beat = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def post(self, command: int, body: dict[str, Any]) -> None:
-        self._outgoing.put((command, body))
-
-    def hello(self) -> dict[str, Any]:
-        return {"node": self.node_id, "name": "played", "endpoint": self.endpoint, "incarnation": 1,
-                "beat": self._beat}
-
-    def _run(self) -> None:
-        context = zmq.Context()
-        inbox = context.socket(zmq.ROUTER)
-        inbox.bind(self.endpoint)
-        out = context.socket(zmq.DEALER)
-        out.connect(self.node_endpoint)
-        self._ready.set()
-
-        def send(command: int, body: dict[str, Any]) -> None:
-            out.send_multipart(protocol.encode(protocol.PeerMessage(
-                command=command, body=body, credentials={"node": self.node_id})))
-
-        next_beat = 0.0
-        try:
-            while not self._stop.is_set():
-                while not self._outgoing.empty():
-                    send(*self._outgoing.get())
-                if self.beating.is_set() and time.monotonic() >= next_beat:
-                    self._beat += 1
-                    send(protocol.HEARTBEAT, self.hello())
-                    next_beat = time.monotonic() + 0.2
-                if not inbox.poll(20):
-                    continue
-                msg = protocol.decode(inbox.recv_multipart()[1:])
-                assert isinstance(msg, protocol.PeerMessage)
-                if not self.beating.is_set():
-                    continue  # away: it hears nothing either
-                if msg.command == protocol.HELLO:
-                    send(protocol.WELCOME, self.hello())
-                elif msg.command == protocol.REPLICATE:
-                    for record in msg.body["records"]:
-                        self.copies[record["id"]] = record
-                    send(protocol.REPLICATED, {"acks": [[r["id"], r.get("version") or 0] for r in msg.body["records"]]})
-                elif msg.command == protocol.REPLICATED:
-                    self.stored.update(ack[0] for ack in msg.body.get("acks") or ())
-                elif msg.command == protocol.SYNCED:
-                    self.synced.extend(msg.body.get("records") or ())
-                elif msg.command == protocol.SYNC:
-                    for answer in self.on_sync(msg.body):
-                        send(*answer)
-        finally:
-            inbox.close(0)
-            out.close(0)
-            context.term()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def start_with_copies(ecd_factory: Callable[..., EcdProcess], sample_repo: str, socket: str,
@@ -119,7 +37,7 @@ def start_with_copies(ecd_factory: Callable[..., EcdProcess], sample_repo: str, 
     address = "127.0.0.1"
     node = ecd_factory(cpus=1, listen=f"tcp://{address}:{free_port_on(address)}", extra=("--heartbeat", "0.5"))
     assert node.listen is not None
-    peer = PlayedPeer(node.listen)
+    peer = PlayedPeer(node.listen, node.key)
     try:
         return node, peer, *_copies_both_ways(node, peer, sample_repo, socket, *args)
     except BaseException:
@@ -129,8 +47,9 @@ def start_with_copies(ecd_factory: Callable[..., EcdProcess], sample_repo: str, 
 
 def _copies_both_ways(node: EcdProcess, peer: PlayedPeer, sample_repo: str, socket: str,
                       *args: Any) -> tuple[str, dict[str, Any]]:
-    peer.post(protocol.HELLO, peer.hello())
     with Client(node.endpoint, timeout=60) as client:
+        peer.register(client)
+        peer.post(protocol.HELLO, peer.hello())
         register_sample(client, sample_repo, concurrency=1)
         wait_for(lambda: [m["state"] for m in client.status()["mesh"]["nodes"]] == ["alive"], 30,
                  what="the node to see the played peer alive")

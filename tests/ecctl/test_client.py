@@ -7,10 +7,11 @@ import threading
 import time
 
 import pytest
+import zmq
 
 import protocol
-from ecctl import (AsyncResult, CallTimeout, Client, Function, NoDaemon, RemoteError,
-                   ServerError, Signature)
+from ecctl import (AsyncResult, CallTimeout, Client, Function, NoDaemon, RemoteError, ServerError, Signature,
+                   UnknownServerKey)
 
 
 @pytest.fixture
@@ -195,8 +196,19 @@ def test_no_daemon_tcp_silent() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with Client(f"tcp://127.0.0.1:{port}", connect_timeout=0.5) as c, pytest.raises(NoDaemon):
+    key = zmq.curve_keypair()[0].decode()
+    with Client(f"tcp://127.0.0.1:{port}", connect_timeout=0.5, server_key=key) as c, pytest.raises(NoDaemon):
         c.call("echo", 1)
+
+
+def test_a_tcp_endpoint_whose_key_is_unknown_is_refused_before_anything_is_sent() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    with Client(endpoint, connect_timeout=0.5) as c, pytest.raises(UnknownServerKey) as info:
+        c.ping()
+    assert "ecd keys show" in str(info.value) and f"ecctl trust {endpoint} KEY" in str(info.value)
 
 
 def test_result_survives_daemon_restart(client: Client, fake, fake_daemon_cls) -> None:  # type: ignore[no-untyped-def]

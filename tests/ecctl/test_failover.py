@@ -13,7 +13,7 @@ import pytest
 
 from ecctl import Client, NoDaemon, ServerError
 from ecctl.client import DEFAULT_ATTEMPT_TIMEOUT, FAILOVER_WAIT_MS
-from tests.conftest import EcdProcess, free_port, register_sample, run_ecctl
+from tests.conftest import EcdProcess, admin_client, free_port, register_sample, run_ecctl
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -68,8 +68,8 @@ def test_failover_when_the_node_in_use_is_killed(ecd_factory: Callable[..., EcdP
     requests are answered by B (over TCP) within the deadline."""
     a = _named(ecd_factory, "a")
     b_tcp = f"tcp://127.0.0.1:{free_port()}"
-    _named(ecd_factory, "b", listen=b_tcp)
-    with Client(f"{a.endpoint},{b_tcp}", timeout=10.0) as client:
+    b = _named(ecd_factory, "b", listen=b_tcp)
+    with admin_client(f"{a.endpoint},{b_tcp}", a.data_dir, b.data_dir, timeout=10.0) as client:
         assert client.ping()["node"] == "a" and client.status()["node"] == "a"
         a.kill9()
         start = time.monotonic()

@@ -50,6 +50,8 @@ ADDS = [
      "add_node", {"name": "n1", "endpoint": "tcp://10.0.0.1:7700", "cpus": 8},
      "added node n1 (tcp://10.0.0.1:7700)"),
     (["add", "node", "-n", "n2"], "add_node", {"name": "n2"}, "added node n2"),
+    (["add", "node", "-n", "n3", "--key", "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"], "add_node",
+     {"name": "n3", "key": "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"}, "added node n3"),
     (["add", "processor", "-n", "p1", "-g", "https://example.com/r.git", "-m", "pkg.mod", "--tag", "v1.2",
       "--rate-limit", "10/s", "--disabled", "--timelimit", "2.5"],
      "add_processor", {"name": "p1", "gitrepo": "https://example.com/r.git", "module": "pkg.mod",

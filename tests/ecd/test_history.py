@@ -83,6 +83,7 @@ def test_write_then_get_round_trips_every_field(history: HistoryStore) -> None:
     error = {"type": "ValueError", "message": "it's \"bad\"; DROP TABLE call; --", "traceback": "Traceback...\nÜ"}
     summary = call("c1", state="failed", created=1000.5, started=1001.25, finished=1002.75, attempts=3,
                    worker=4242, error=error, parent="c0", root="c-root", seq=17, kind="join", via="plug p1",
+                   user="joe",
                    events=[["received", 1000.5, "r"], ["prerun", 1001.25, None], ["failed", 1002.75, "ValueError: x"]])
     history.write([summary])
     assert history.get("c1") == summary

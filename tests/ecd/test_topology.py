@@ -41,7 +41,7 @@ from ecd.topology import (
 
 ROOT = Path(__file__).resolve().parents[2]
 GITREPO = "https://example.org/user/code.git"
-HEAD = "0003"
+HEAD = "0004"
 BAD_NAMES = [
     "",
     "a" * 201,
@@ -983,8 +983,8 @@ class TestApplyContract:
         spec = store.export()
         assert list(spec) == list(netspec.SECTIONS)
         assert spec["nodes"] == [
-            {"name": "n1", "endpoint": "tcp://10.0.0.1:7700", "cpus": 8, "description": None},
-            {"name": "n2", "endpoint": "tcp://10.0.0.2:7700", "cpus": 4, "description": None},
+            {"name": "n1", "endpoint": "tcp://10.0.0.1:7700", "cpus": 8, "description": None, "key": ""},
+            {"name": "n2", "endpoint": "tcp://10.0.0.2:7700", "cpus": 4, "description": None, "key": ""},
         ]
         p1 = spec["processors"][0]
         assert p1["name"] == "p1" and p1["paused"] is True and p1["rate_limit"] == "10/s"
