@@ -132,10 +132,23 @@ class Mesh:
             self._wait(lambda i=i: self._serving(i), 300, f"{PROCESSOR} running on n{i + 1}")
 
     def client(self, *indexes: int, **kwargs: Any) -> Any:
-        """A client of these nodes' tcp endpoints (several: it fails over between them)."""
+        """A client of these nodes' tcp endpoints (several: it fails over between them), over
+        CURVE: the nodes' keys trusted (in a config folder of the run's own) and logged in as the
+        admin the first start made."""
         from ecctl import Client
+        from ecctl.trust import KnownNodes
+        from ecd.keys import load
 
-        return Client(",".join(self.tcp[i] for i in indexes), **kwargs)
+        assert self.base is not None
+        folder = self.base / "client-config"
+        known = KnownNodes(folder)
+        for endpoint, node in zip(self.tcp, self.nodes):
+            if known.get(endpoint) is None:
+                known.trust(endpoint, load(node.data_dir).public_text)
+        password = next((node.data_dir / "admin.password").read_text().strip() for node in self.nodes
+                        if (node.data_dir / "admin.password").exists())
+        return Client(",".join(self.tcp[i] for i in indexes), config_dir=folder, user="admin", password=password,
+                      **kwargs)
 
     def status(self, i: int) -> dict[str, Any]:
         with self.client(i, timeout=10, connect_timeout=10) as client:

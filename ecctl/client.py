@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -140,7 +141,6 @@ class Client(AccessCalls):
         self.user = user
         self._password = password
         self.insecure = _on(os.environ.get("EC_INSECURE")) if insecure is None else bool(insecure)
-        from pathlib import Path
         self.config_dir = Path(config_dir) if config_dir is not None else None
         self._keys: ClientKeys | None = None
         self._logged_in = False
@@ -378,10 +378,16 @@ class Client(AccessCalls):
             return
         if not isinstance(reply, protocol.Reply) or not isinstance(reply.data, list):
             return
-        learned = {endpoint: entry.get("key") for entry in reply.data if isinstance(entry, dict)
-                   for endpoint in entry.get("endpoints") or () if isinstance(endpoint, str)}
+        claims: dict[str, set[Any]] = {}
+        for entry in reply.data:
+            if isinstance(entry, dict):
+                for endpoint in entry.get("endpoints") or ():
+                    if isinstance(endpoint, str):
+                        claims.setdefault(endpoint, set()).add(entry.get("key"))
+        # an endpoint given two keys is learned with neither
+        learned = {e: next(iter(k)) for e, k in claims.items() if len(k) == 1 and isinstance(next(iter(k)), str)}
         try:
-            new = KnownNodes(self.config_dir).learn({e: k for e, k in learned.items() if isinstance(k, str)})
+            new = KnownNodes(self.config_dir).learn(learned)
         except OSError as exc:
             log.warning("cannot keep the mesh's keys: %s", exc)
             return

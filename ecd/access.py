@@ -62,7 +62,9 @@ class Principal:
 
     @property
     def label(self) -> str:
-        """How audit lines and messages name it."""
+        """How audit lines and messages name it (a member's key as ``node NAME``: never a user's)."""
+        if self.kind == NODE:
+            return f"node {self.name}"
         return self.name or self.kind
 
 
@@ -136,7 +138,7 @@ def _rules() -> dict[str, Rule]:
     }
     for kind, plural in NETWORK_KINDS.items():
         upper = kind.upper()
-        edit = ("EDIT_PROCESSOR_CONFIG",) if kind == "processor" else ()
+        edit = ("EDIT_PROCESSOR_CONFIG", "EDIT_PROCESSOR_CODE") if kind == "processor" else ()  # per field: admin.py
         rules[f"admin:add_{kind}"] = Rule((f"ADD_{upper}", "CREATE"))
         rules[f"admin:update_{kind}"] = Rule((f"UPDATE_{upper}", "UPDATE", *edit))
         rules[f"admin:delete_{kind}"] = Rule((f"DELETE_{upper}", "DELETE"))

@@ -26,7 +26,7 @@ import argon2
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ecd.errors import AlreadyExists, InvalidName, NotFound, Unauthorized
+from ecd.errors import AlreadyExists, Forbidden, InvalidName, NotFound, Unauthorized
 from ecd.netspec import check_name
 from ecd.schema import AuditModel, LoginSessionModel, PrivilegeModel, RoleModel, UserModel, UserRoleModel
 from protocol import RIGHTS, is_right
@@ -242,22 +242,48 @@ def verify_login(session: Session, name: Any, password: Any) -> UserModel:
         raise Unauthorized("bad user name or password") from None
     except ValueError:  # not an argon2 hash at all
         raise Unauthorized("bad user name or password") from None
-    if user is None:
+    if user is None or not user.enabled:  # a disabled user's right password says nothing more
         raise Unauthorized("bad user name or password")
-    if not user.enabled:
-        raise Unauthorized(f"user {user.name} is disabled")
     return user
 
 
 # --------------------------------------------------------------------------- writing
 
 
+#: Who makes a change, for the checks that nobody gives more than they hold: ``(name, rights)``;
+#: None for the node itself (the first start).
+Caller = tuple[str, frozenset[str]] | None
+
+
 class Accounts:
-    """The access writes of one topology write transaction (``writer`` is the store's)."""
+    """The access writes of one topology write transaction (``writer`` is the store's).
+
+    With a ``caller``, the rules that nobody gives more than they hold are checked here, against
+    the rows this transaction sees (never a node's cache): changing a user needs every right that
+    user holds, giving or deleting a role every right it gives, and the rights given or taken."""
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
         self.session: Session = writer.session
+
+    def _rights_of(self, user: UserModel) -> set[str]:
+        rights = set(self.session.scalars(sa.select(PrivilegeModel.right).where(PrivilegeModel.user_id == user.id)))
+        rights.update(self.session.scalars(
+            sa.select(PrivilegeModel.right).join(UserRoleModel, UserRoleModel.role_id == PrivilegeModel.role_id)
+            .where(UserRoleModel.user_id == user.id)))
+        return rights
+
+    def _role_rights(self, role: RoleModel) -> set[str]:
+        return set(self.session.scalars(sa.select(PrivilegeModel.right).where(PrivilegeModel.role_id == role.id)))
+
+    @staticmethod
+    def within(caller: Caller, rights: set[str], why: str) -> None:
+        """Forbidden unless ``caller`` holds every one of ``rights`` (ALL holds them all)."""
+        if caller is None or "ALL" in caller[1]:
+            return
+        missing = sorted(rights - caller[1])
+        if missing:
+            raise Forbidden(f"permission denied: {caller[0]} lacks {missing[0]} ({why})", missing[0])
 
     def _user(self, name: Any) -> UserModel:
         check_name(name, "user name")
@@ -289,8 +315,12 @@ class Accounts:
         return self.user_view(name)
 
     def update_user(self, name: Any, *, email: Any = ..., password_hash: str | None = None,
-                    enabled: Any = None, add_roles: Iterable[Any] = (), remove_roles: Iterable[Any] = ()) -> dict[str, Any]:
+                    enabled: Any = None, add_roles: Iterable[Any] = (), remove_roles: Iterable[Any] = (),
+                    caller: Caller = None) -> dict[str, Any]:
+        """Change a user. A new password or ``enabled=False`` ends its logins (a stolen key stops
+        working with the password it was stolen under)."""
         user = self._user(name)
+        self.within(caller, self._rights_of(user), f"user {user.name} holds it: changing a user needs every right it holds")
         if email is not ...:
             user.email = _check_email(email)
         if password_hash is not None:
@@ -299,8 +329,11 @@ class Accounts:
             if not isinstance(enabled, bool):
                 raise InvalidName("enabled must be true or false")
             user.enabled = enabled
+        if password_hash is not None or enabled is False:
+            self._end_sessions(user)
         for role_name in add_roles:
             role = self._role(role_name)
+            self.within(caller, self._role_rights(role), f"role {role.name} gives it: giving a role needs every right it gives")
             if self.session.get(UserRoleModel, (user.id, role.id)) is None:
                 self.session.add(UserRoleModel(user_id=user.id, role_id=role.id))
         for role_name in remove_roles:
@@ -314,12 +347,16 @@ class Accounts:
         self.writer.touch("user", user.name, "upsert")
         return self.user_view(user.name)
 
-    def delete_user(self, name: Any) -> dict[str, Any]:
-        user = self._user(name)
-        view = self.user_view(user.name)
+    def _end_sessions(self, user: UserModel) -> None:
         for key in self.session.scalars(sa.select(LoginSessionModel.key).where(LoginSessionModel.user_id == user.id)):
             self.writer.touch("session", key, "delete")
         self.session.execute(sa.delete(LoginSessionModel).where(LoginSessionModel.user_id == user.id))
+
+    def delete_user(self, name: Any, caller: Caller = None) -> dict[str, Any]:
+        user = self._user(name)
+        self.within(caller, self._rights_of(user), f"user {user.name} holds it: deleting a user needs every right it holds")
+        view = self.user_view(user.name)
+        self._end_sessions(user)
         self.session.execute(sa.delete(PrivilegeModel).where(PrivilegeModel.user_id == user.id))
         self.session.execute(sa.delete(UserRoleModel).where(UserRoleModel.user_id == user.id))
         self.session.delete(user)
@@ -338,8 +375,9 @@ class Accounts:
         self.writer.touch("role", name, "upsert")
         return {"id": role.id, "name": name, "rights": [], "users": []}
 
-    def delete_role(self, name: Any) -> dict[str, Any]:
+    def delete_role(self, name: Any, caller: Caller = None) -> dict[str, Any]:
         role = self._role(name)
+        self.within(caller, self._role_rights(role), f"role {role.name} gives it: deleting a role needs every right it gives")
         users = list(self.session.scalars(sa.select(UserModel.name).join(UserRoleModel, UserRoleModel.user_id == UserModel.id)
                                           .where(UserRoleModel.role_id == role.id)))
         (found,) = load_roles(self.session, [role.name])
@@ -352,9 +390,11 @@ class Accounts:
             self.writer.touch("user", user, "upsert")
         return {"id": role.id, "name": role.name, "rights": list(found.rights), "users": users}
 
-    def add_privilege(self, right: Any, *, user: Any = None, role: Any = None, by: str | None = None) -> dict[str, Any]:
+    def add_privilege(self, right: Any, *, user: Any = None, role: Any = None, by: str | None = None,
+                      caller: Caller = None) -> dict[str, Any]:
         right = check_right(right)
         holder_user, holder_role = self._holder(user, role)
+        self._may_change_holder(caller, right, holder_user, "given")
         where = self._holder_clause(holder_user, holder_role)
         if self.session.scalars(sa.select(PrivilegeModel.id).where(where, PrivilegeModel.right == right)).first() is not None:
             raise AlreadyExists(f"{self._holder_text(holder_user, holder_role)} has {right} already")
@@ -366,9 +406,10 @@ class Accounts:
         return {"right": right, "user": holder_user.name if holder_user else None,
                 "role": holder_role.name if holder_role else None, "by": by}
 
-    def delete_privilege(self, right: Any, *, user: Any = None, role: Any = None) -> dict[str, Any]:
+    def delete_privilege(self, right: Any, *, user: Any = None, role: Any = None, caller: Caller = None) -> dict[str, Any]:
         right = check_right(right)
         holder_user, holder_role = self._holder(user, role)
+        self._may_change_holder(caller, right, holder_user, "taken")
         where = self._holder_clause(holder_user, holder_role)
         found = self.session.scalars(sa.select(PrivilegeModel).where(where, PrivilegeModel.right == right)).first()
         if found is None:
@@ -378,6 +419,11 @@ class Accounts:
         self._touch_holder(holder_user, holder_role)
         return {"right": right, "user": holder_user.name if holder_user else None,
                 "role": holder_role.name if holder_role else None}
+
+    def _may_change_holder(self, caller: Caller, right: str, user: UserModel | None, done: str) -> None:
+        self.within(caller, {right}, f"only rights one holds can be {done}")
+        if user is not None:
+            self.within(caller, self._rights_of(user), f"user {user.name} holds it: changing a user needs every right it holds")
 
     def _holder(self, user: Any, role: Any) -> tuple[UserModel | None, RoleModel | None]:
         if (user is None) == (role is None):
@@ -503,33 +549,33 @@ class AccessStore:
 
     def update_user(self, name: Any, *, email: Any = ..., password: Any = None, enabled: Any = None,
                     add_roles: Iterable[Any] = (), remove_roles: Iterable[Any] = (),
-                    audit: dict[str, Any] | None = None) -> dict[str, Any]:
+                    audit: dict[str, Any] | None = None, caller: Caller = None) -> dict[str, Any]:
         hashed = hash_password(password) if password is not None else None
         with self.store.writing(audit=audit) as writer:
             return writer.accounts.update_user(name, email=email, password_hash=hashed, enabled=enabled,
-                                               add_roles=add_roles, remove_roles=remove_roles)
+                                               add_roles=add_roles, remove_roles=remove_roles, caller=caller)
 
-    def delete_user(self, name: Any, *, audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    def delete_user(self, name: Any, *, audit: dict[str, Any] | None = None, caller: Caller = None) -> dict[str, Any]:
         with self.store.writing(audit=audit) as writer:
-            return writer.accounts.delete_user(name)
+            return writer.accounts.delete_user(name, caller=caller)
 
     def add_role(self, name: Any, *, audit: dict[str, Any] | None = None) -> dict[str, Any]:
         with self.store.writing(audit=audit) as writer:
             return writer.accounts.add_role(name)
 
-    def delete_role(self, name: Any, *, audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    def delete_role(self, name: Any, *, audit: dict[str, Any] | None = None, caller: Caller = None) -> dict[str, Any]:
         with self.store.writing(audit=audit) as writer:
-            return writer.accounts.delete_role(name)
+            return writer.accounts.delete_role(name, caller=caller)
 
     def add_privilege(self, right: Any, *, user: Any = None, role: Any = None, by: str | None = None,
-                      audit: dict[str, Any] | None = None) -> dict[str, Any]:
+                      audit: dict[str, Any] | None = None, caller: Caller = None) -> dict[str, Any]:
         with self.store.writing(audit=audit) as writer:
-            return writer.accounts.add_privilege(right, user=user, role=role, by=by)
+            return writer.accounts.add_privilege(right, user=user, role=role, by=by, caller=caller)
 
     def delete_privilege(self, right: Any, *, user: Any = None, role: Any = None,
-                         audit: dict[str, Any] | None = None) -> dict[str, Any]:
+                         audit: dict[str, Any] | None = None, caller: Caller = None) -> dict[str, Any]:
         with self.store.writing(audit=audit) as writer:
-            return writer.accounts.delete_privilege(right, user=user, role=role)
+            return writer.accounts.delete_privilege(right, user=user, role=role, caller=caller)
 
     def login(self, name: Any, password: Any, key: str, ttl: float, node: str,
               audit: dict[str, Any] | None = None) -> SessionDef:

@@ -45,7 +45,7 @@ _PROC_FIELDS: dict[str, dict[str, Any]] = {
 Mutation = Callable[[Any, dict[str, Any]], Any]
 
 
-def _mutation(op: str, args: dict[str, Any], allowed: Callable[[list[dict[str, Any]]], None]) -> Mutation | None:
+def _mutation(op: str, args: dict[str, Any], allowed: Callable[..., None]) -> Mutation | None:
     """The store call an admin op makes (given the store and the audit row written with it), or
     None when ``op`` is not a topology change. ``allowed`` refuses the changes of an ``apply`` the
     caller has no right to make."""
@@ -67,9 +67,18 @@ def _mutation(op: str, args: dict[str, Any], allowed: Callable[[list[dict[str, A
         spec = args.get("spec")
         if not isinstance(spec, dict):
             raise InvalidName("apply needs a spec: a map of queues, processors, sockets, ...")
+        allowed([{"action": action, "kind": kind, "name": "(any)"} for kind in _spec_kinds(spec)
+                 for action in ("add", "update", "delete") if action != "delete" or args.get("prune")], coarse=True)
         return lambda store, audit: store.apply(spec, dry_run=bool(args.get("dry_run")), prune=bool(args.get("prune")),
                                                 allowed=allowed, audit=audit)
     return None
+
+
+def _spec_kinds(spec: dict[str, Any]) -> list[str]:
+    """The kinds whose sections a spec names (its unknown sections are refused later)."""
+    from .netspec import SECTIONS
+
+    return [SECTIONS[section] for section in spec if section in SECTIONS]
 
 
 def _audit_object(op: str, args: dict[str, Any]) -> str:
@@ -100,7 +109,8 @@ class AdminHandler:
         if self.node.access_admin.handles(op):
             self.node.access_admin.handle(peer, msg)
             return
-        mutation = _mutation(op, args, lambda changes: self._allowed(peer, changes))
+        self._fields_allowed(peer, op, args)
+        mutation = _mutation(op, args, lambda changes, coarse=False: self._allowed(peer, changes, coarse))
         if mutation is not None:
             self._mutate(peer, msg.request_id, op, args, mutation)
         elif op.startswith("ls_") and op[3:] in _LISTINGS:
@@ -118,15 +128,44 @@ class AdminHandler:
         else:
             raise NotFound(f"unknown admin op '{op}'")
 
-    def _allowed(self, peer: "Peer", changes: list[dict[str, Any]]) -> None:
-        """An ``apply`` needs the right of every change it makes (runs in its transaction, on the
-        database thread: reads only the immutable principal)."""
+    def _fields_allowed(self, peer: "Peer", op: str, args: dict[str, Any]) -> None:
+        """Rights some fields need besides the op's own: a node's key (admitting a mesh member,
+        which holds copies of everyone's calls) needs ALL; without UPDATE_PROCESSOR, each field of
+        a processor needs the right that names it (EDIT_PROCESSOR_CODE for its code, ...)."""
+        needed = field_rights(op.partition("_")[2], args) if op in ("add_node", "update_node", "update_processor") else []
+        for rights, field in needed:
+            self.node.guard.require(peer.principal, rights, f"admin:{op}", f"{op.partition('_')[2]} {args.get('name')}",
+                                    f" (to set {field})")
+
+    def _allowed(self, peer: "Peer", changes: list[dict[str, Any]], coarse: bool = False) -> None:
+        """An ``apply`` needs the right of every change it makes, and of the fields it sets (runs
+        in its transaction, on the database thread: reads only the immutable principal). First,
+        before anything is read (``coarse``): the rights to add or update, and with ``prune``
+        delete, every kind the spec names, so that its errors tell nothing to someone who could
+        not make those changes anyway."""
         principal = peer.principal
+        if coarse:
+            for kind in sorted({change["kind"] for change in changes}):
+                add, update, delete = (change_right({"action": a, "kind": kind}) for a in ("add", "update", "delete"))
+                missing = ""
+                if not principal.has_any(add) and not principal.has_any(update):
+                    missing = add[0]
+                elif any(c["kind"] == kind and c["action"] == "delete" for c in changes) and not principal.has_any(delete):
+                    missing = delete[0]
+                if missing:
+                    raise Forbidden(f"permission denied: {principal.label} lacks {missing} (to apply {kind}s)", missing)
+            return
         for change in changes:
             right, generic = change_right(change)
-            if not principal.has_any((right, generic)):
-                raise Forbidden(f"permission denied: {principal.label} lacks {right} "
-                                f"(to {change.get('action')} {change.get('kind')} {change.get('name')})", right)
+            needed = [((right, generic), "")]
+            if change.get("action") != "delete":
+                fields = {k: v[1] for k, v in (change.get("fields") or {}).items()}
+                needed += field_rights(str(change.get("kind")), fields) if change.get("kind") == "node" else []
+            for rights, field in needed:
+                if not principal.has_any(rights):
+                    raise Forbidden(f"permission denied: {principal.label} lacks {rights[0]} (to "
+                                    f"{change.get('action')} {change.get('kind')} {change.get('name')}"
+                                    f"{' ' + field if field else ''})", rights[0])
 
     def _reply(self, peer: "Peer", request_id: bytes, data: Any) -> None:
         self.node.frontend.send(peer, protocol.Reply(data=data, request_id=request_id))
@@ -355,6 +394,32 @@ class AdminHandler:
             self._reply(peer, request_id, merge_history(base, rows, with_result))
 
         history.then(work, done)
+
+
+#: Processor fields that are its code (EDIT_PROCESSOR_CODE), and those that start, stop or pause it.
+_CODE_FIELDS = frozenset({"gitrepo", "module", "branch", "commit", "tag", "requirements"})
+
+
+def field_rights(kind: str, fields: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """``[(rights, field)]``: what setting ``fields`` of a ``kind`` object needs beyond the op's
+    own rule (any one of ``rights``; ALL always does)."""
+    needed: list[tuple[tuple[str, ...], str]] = []
+    if kind == "node" and fields.get("key"):
+        needed.append((("ALL",), "its key"))
+    if kind == "processor":
+        for field, value in fields.items():
+            if field in _CODE_FIELDS:
+                rights: tuple[str, ...] = ("EDIT_PROCESSOR_CODE", "UPDATE_PROCESSOR", "UPDATE")
+            elif field == "paused":
+                rights = ("PAUSE_PROCESSOR" if value else "RESUME_PROCESSOR", "UPDATE_PROCESSOR", "UPDATE")
+            elif field == "enabled":
+                rights = ("START_PROCESSOR" if value else "STOP_PROCESSOR", "UPDATE_PROCESSOR", "UPDATE")
+            elif field in ("name",):
+                continue
+            else:
+                rights = ("EDIT_PROCESSOR_CONFIG", "UPDATE_PROCESSOR", "UPDATE")
+            needed.append((rights, field))
+    return needed
 
 
 def failure(error: BaseException, request_id: bytes) -> protocol.Error:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import protocol
+
 from . import access
 from .access import Principal
 from .audit import AuditLog
@@ -22,6 +24,8 @@ from .errors import AccessError, Forbidden
 
 #: Principals kept per topology at most (users with sessions and member nodes).
 MAX_CACHED = 100_000
+#: Largest body a key that is no member's and not logged in may send (a PING, a login).
+PRE_LOGIN_BYTES = 64 * 1024
 
 
 class Guard:
@@ -63,14 +67,25 @@ class Guard:
             return access.INSECURE_ADMIN
         if not peer.key:  # never on a secure node's tcp (no CURVE, no message): fail closed anyway
             return access.Principal(access.ANONYMOUS, why="no key")
+        return self.principal_of_key(peer.key)
+
+    def body_limit(self, key: str) -> int:
+        """The largest body a CURVE connection with ``key`` may send: any size for a member or a
+        logged-in user, :data:`PRE_LOGIN_BYTES` for anyone else (enough for PING and a login),
+        checked before decoding (a stranger's message costs no memory)."""
+        if self.principal_of_key(key).kind in (access.USER, access.NODE):
+            return protocol.MAX_MESSAGE_BYTES
+        return PRE_LOGIN_BYTES
+
+    def principal_of_key(self, key: str) -> Principal:
         topology = self._fresh()
         now = self.clock()
-        found = self._principals.get(peer.key)
+        found = self._principals.get(key)
         if found is not None and (found.kind != access.USER or found.expires > now):
             return found
-        found = access.resolve(topology, peer.key, now, self._node_keys)
+        found = access.resolve(topology, key, now, self._node_keys)
         if found.kind in (access.USER, access.NODE) and len(self._principals) < MAX_CACHED:
-            self._principals[peer.key] = found
+            self._principals[key] = found
         return found
 
     def admit(self, peer: Any, request: str, obj: str = "") -> Principal:
@@ -96,6 +111,10 @@ class Guard:
         raise error
 
     def deny(self, principal: Principal, request: str, obj: str, error: BaseException) -> None:
+        """Write the refusal ``error`` to the audit log (once: an error already written is not)."""
+        if getattr(error, "audited", False):
+            return
+        error.audited = True  # type: ignore[attr-defined]
         self.denied += 1
         code = getattr(error, "code", 403)
         self.audit.record(user=principal.label, key=principal.key, op=request.removeprefix("admin:"), object=obj,

@@ -39,7 +39,7 @@ from .dataflow import Dataflow, Derived
 from .events import Bus
 from .provenance import Provenance
 from .ticks import Ticker
-from .errors import (AlreadyExists, ConfigError, EcdError, InvalidName, KeyRefused, NodeUnavailable, NotFound,
+from .errors import (AccessError, AlreadyExists, ConfigError, EcdError, InvalidName, KeyRefused, NodeUnavailable, NotFound,
                      PeerUnreachable, RepoError, WorkerError)
 from .exporter import HistoryExporter
 from .guard import Guard
@@ -55,7 +55,7 @@ from .sync import TopologySync
 from .topology import TopologyStore
 from .wal import Wal
 from .streams import Streams
-from .access import can_see_call
+from .access import authorize, can_see_call, rule_for
 from .useradmin import AccessAdmin, first_admin
 from .workers import Done, Exited, ImportFailed, Item, ProcessRegistry, Raised, Ready, StreamEnd, make_support_dir
 from .zap import Authenticator
@@ -214,7 +214,7 @@ class Node:
         self._host_stats: Any = None
         recovered = self._recover()
         self.cluster.start_hold()
-        self.frontend = Frontend(self.context, cfg.endpoints, keys=self.keys)
+        self.frontend = Frontend(self.context, cfg.endpoints, keys=self.keys, body_limit=self.guard.body_limit)
         if cfg.insecure and any(e.startswith("tcp://") for e in cfg.endpoints):
             logger.warning("INSECURE: tcp endpoints serve plain text with no authentication: anyone who can reach "
                            "them can run code on this node and read every call (--insecure)")
@@ -492,6 +492,8 @@ class Node:
                 self._error(peer, message.request_id, protocol.E_MALFORMED,
                             f"{type(message).__name__} is not a request")
         except EcdError as exc:
+            if isinstance(exc, AccessError) and peer.principal is not None:  # refused inside a handler
+                self.guard.deny(peer.principal, *_request_of(message), exc)
             self._error(peer, message.request_id, exc.code, exc.message)
         except Exception:
             logger.exception("request %s failed", type(message).__name__)
@@ -1374,8 +1376,44 @@ class Node:
         cpus = sum(d.cpus or definition.concurrency for d in mine)
         return dataclasses.replace(definition, concurrency=cpus), ""
 
+    def _revalidate(self) -> None:
+        """Access changed (a logout, a user disabled or deleted, a right removed): what is held
+        open for a client that may no longer ask for it (LISTEN, long-poll GET and STREAM) is
+        ended with its 401 or 403 now, not when it runs out."""
+        topology = self.topology
+        seen = (topology.users, topology.roles, topology.sessions)
+        if getattr(self, "_access_seen", None) == seen:
+            return
+        first = not hasattr(self, "_access_seen")
+        self._access_seen = seen
+        if first:
+            return
+
+        def refused(peer: Any, request_id: bytes, request: str) -> bool:
+            if not isinstance(peer, Peer) or peer.principal is None or peer.local:
+                return False
+            try:
+                authorize(self.guard.principal(peer), request, rule_for(request))
+            except AccessError as exc:
+                self._error(peer, request_id, exc.code, exc.message)
+                return True
+            return False
+
+        for key, sub in list(self.bus.subs.items()):
+            if sub.peer is not None and refused(sub.peer, sub.request_id, "LISTEN"):
+                del self.bus.subs[key]
+        for waiters in (self.result_waiters, self.streams.reads):
+            for call_id, held in list(waiters.items()):
+                kept = [w for w in held if not refused(*(w[:2] if isinstance(w, tuple) else (w.peer, w.request_id)),
+                                                      "GET" if waiters is self.result_waiters else "STREAM")]
+                if kept:
+                    waiters[call_id] = kept
+                else:
+                    del waiters[call_id]
+
     def _reconcile(self) -> None:
         """Bring the processors running here in line with the topology."""
+        self._revalidate()
         if self.mesh.enabled:  # registered nodes are peers to meet (a secure one: with their keys)
             by_endpoint = {n.endpoint: n.key for n in self.topology.nodes.values() if n.endpoint.startswith("tcp://")}
             self.mesh.add_seeds([(endpoint, key) for endpoint, key in by_endpoint.items()
@@ -1706,6 +1744,14 @@ class Node:
             entry = keys.get(member.name)
             if entry is not None and member.endpoint and member.endpoint not in entry["endpoints"]:
                 entry["endpoints"].append(member.endpoint)
+        # an endpoint two nodes claim (with two keys) is left out: which key answers there is not
+        # this node's to say
+        claims: dict[str, set[str]] = {}
+        for entry in keys.values():
+            for endpoint in entry["endpoints"]:
+                claims.setdefault(endpoint, set()).add(entry["key"])
+        for entry in keys.values():
+            entry["endpoints"] = [e for e in entry["endpoints"] if len(claims[e]) == 1]
         return sorted(keys.values(), key=lambda entry: entry["name"])
 
     def set_drain(self, name: str, drain: bool) -> dict[str, Any]:

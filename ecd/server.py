@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -53,11 +53,15 @@ class Peer:
 class Frontend:
     """The ROUTER sockets a node serves clients on."""
 
-    def __init__(self, context: zmq.Context, endpoints: tuple[str, ...], keys: KeyPair | None = None) -> None:
+    def __init__(self, context: zmq.Context, endpoints: tuple[str, ...], keys: KeyPair | None = None,
+                 body_limit: Callable[[str], int] | None = None) -> None:
         """``keys``: the node's key pair, making every tcp endpoint a CURVE server (None: plain tcp,
-        ``--insecure``). The ZAP handler must be running in ``context`` already."""
+        ``--insecure``). The ZAP handler must be running in ``context`` already. ``body_limit(key)``:
+        the largest body a CURVE connection with that key may send (checked before anything is
+        decoded: a key that has not logged in sends small requests only)."""
         self.context = context
         self.keys = keys
+        self.body_limit = body_limit
         self.sockets: list[zmq.Socket] = []
         self.bound: list[str] = []
         self._local: set[zmq.Socket] = set()
@@ -73,7 +77,9 @@ class Frontend:
             curve_server(sock, self.keys)
             self._curve.add(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # a client restarted with a fixed identity takes it over, but not on CURVE: there a new
+        # connection with another key would receive the replies meant for the old one
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0 if sock in self._curve else 1)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.SNDHWM, DEFAULT_HWM)
         sock.setsockopt(zmq.RCVHWM, DEFAULT_HWM)
@@ -119,6 +125,14 @@ class Frontend:
                 logger.warning("dropping a message without a ZAP User-Id on a CURVE socket")
                 continue
             peer = Peer(sock, frames[0], key, local)
+            if curve and self.body_limit is not None and len(frames) == 1 + protocol.FRAME_COUNT:
+                limit = self.body_limit(key)
+                if len(frames[-1]) > limit:  # never decoded: what a stranger sends costs nothing
+                    rid = frames[2] if len(frames[2]) <= protocol.MAX_REQUEST_ID_BYTES else b""
+                    out.append((peer, protocol.ProtocolError(
+                        f"frame 3: body is {len(frames[-1])} bytes; before a login requests are at most {limit} "
+                        f"bytes: run `ecctl login` first", code=protocol.E_TOO_LARGE, request_id=rid)))
+                    continue
             try:
                 out.append((peer, protocol.decode(frames[1:])))
             except protocol.ProtocolError as exc:

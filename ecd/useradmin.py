@@ -9,8 +9,9 @@ key, and few run at once.
 A change is answered once this node serves it and, when it takes access away (or gives it), once
 every live member of the mesh says in its heartbeats that it serves it too (at most
 :data:`PROPAGATE_WAIT` seconds): a logout, a disabled user or a removed right holds on the next
-request everywhere. Nobody can give more than they hold: granting a right, or a role, needs that
-right (every right of the role) oneself, and changing a user who holds rights one lacks needs them.
+request everywhere. Nobody can give more than they hold: granting or taking a right, giving or
+deleting a role, and changing a user who holds rights one lacks need those rights; the checks run
+in the change's own transaction (:class:`ecd.accounts.Accounts`), never on a cached topology.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import protocol
 from .access import USER, Principal, effective_rights
 from .accounts import AccessStore
 from .admin import failure
-from .errors import EcdError, InvalidName, NodeUnavailable, NotFound, QueueFull, StoreUnavailable, Unauthorized
+from .errors import EcdError, Forbidden, InvalidName, NodeUnavailable, NotFound, QueueFull, StoreUnavailable, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,12 @@ _PROPAGATED = frozenset({"logout", "add_user", "update_user", "delete_user", "ad
                          "add_privilege", "delete_privilege"})
 #: Seconds a change waits for the live members of the mesh to serve it before it is answered anyway.
 PROPAGATE_WAIT = 5.0
-#: Failed logins per user name, and per client key, within FAILURE_WINDOW seconds before more
-#: attempts are refused until the window has passed.
+#: Failed logins per client key, and per user name (from any keys), within FAILURE_WINDOW seconds
+#: before more attempts are refused until the window has passed: one key guesses slowly, and many
+#: keys together no faster than MAX_USER_FAILURES a minute (which is also how often anyone can
+#: make a user wait by failing in its name).
 MAX_FAILURES = 10
+MAX_USER_FAILURES = 60
 FAILURE_WINDOW = 60.0
 #: Logins checked at once (argon2 takes 64 MiB and a few hundred ms each).
 MAX_LOGINS_IN_FLIGHT = 4
@@ -135,6 +139,7 @@ class AccessAdmin:
 
     def _manage(self, peer: Any, request_id: bytes, op: str, args: dict[str, Any], principal: Principal) -> None:
         store = self.store
+        caller = (principal.label, principal.rights)  # checked in the change's own transaction
         if op == "add_user":
             name, password = _text(args, "name"), args.get("password")
             if not isinstance(password, str):
@@ -144,10 +149,7 @@ class AccessAdmin:
                          lambda audit: store.add_user(name, password, email, audit=audit), slow=True)
         elif op == "update_user":
             name = _text(args, "name")
-            self._may_change_user(principal, name, op)
             add_roles, remove_roles = _names(args, "add_roles"), _names(args, "remove_roles")
-            for role in add_roles:
-                self._may_give_role(principal, role, op, name)
             fields = {k: args[k] for k in ("email", "password", "enabled") if k in args}
             unknown = set(args) - {"name", "email", "password", "enabled", "add_roles", "remove_roles"}
             if unknown:
@@ -157,56 +159,35 @@ class AccessAdmin:
             self._change(peer, request_id, op, f"user {name}: {what}"[:300],
                          lambda audit: store.update_user(name, email=fields.get("email", ...),
                                                          password=fields.get("password"), enabled=fields.get("enabled"),
-                                                         add_roles=add_roles, remove_roles=remove_roles, audit=audit),
+                                                         add_roles=add_roles, remove_roles=remove_roles, audit=audit,
+                                                         caller=caller),
                          slow="password" in fields)
         elif op == "delete_user":
             name = _text(args, "name")
-            self._may_change_user(principal, name, op)
-            self._change(peer, request_id, op, f"user {name}", lambda audit: store.delete_user(name, audit=audit))
+            self._change(peer, request_id, op, f"user {name}",
+                         lambda audit: store.delete_user(name, audit=audit, caller=caller))
         elif op == "add_role":
             name = _text(args, "name")
             self._change(peer, request_id, op, f"role {name}", lambda audit: store.add_role(name, audit=audit))
         elif op == "delete_role":
             name = _text(args, "name")
-            self._change(peer, request_id, op, f"role {name}", lambda audit: store.delete_role(name, audit=audit))
+            self._change(peer, request_id, op, f"role {name}",
+                         lambda audit: store.delete_role(name, audit=audit, caller=caller))
         elif op in ("add_privilege", "delete_privilege"):
             right = _text(args, "name")
             user, role = args.get("user"), args.get("role")
             if not protocol.is_right(right):
                 raise InvalidName(f"unknown right {right[:80]!r}; rights are: {', '.join(protocol.RIGHTS)}")
-            if isinstance(user, str):
-                self._may_change_user(principal, user, op)
-            if op == "add_privilege":
-                self.guard.require(principal, (right,), f"admin:{op}", right, " (only rights one holds can be given)")
-            else:
-                self.guard.require(principal, (right,), f"admin:{op}", right, " (only rights one holds can be taken)")
             holder = f"user {user}" if user is not None else f"role {role}"
             if op == "add_privilege":
-                work = lambda audit: store.add_privilege(right, user=user, role=role, by=principal.label, audit=audit)  # noqa: E731
+                work = lambda audit: store.add_privilege(right, user=user, role=role, by=principal.label,  # noqa: E731
+                                                         audit=audit, caller=caller)
             else:
-                work = lambda audit: store.delete_privilege(right, user=user, role=role, audit=audit)  # noqa: E731
+                work = lambda audit: store.delete_privilege(right, user=user, role=role, audit=audit,  # noqa: E731
+                                                            caller=caller)
             self._change(peer, request_id, op, f"{holder}: {right}", work)
         else:
             raise NotFound(f"unknown admin op '{op}'")
-
-    # -- no escalation --------------------------------------------------------------------------
-
-    def _may_change_user(self, principal: Principal, name: str, op: str) -> None:
-        """Changing a user who holds rights the caller lacks needs those rights."""
-        rights, _ = effective_rights(self.sync.topology, name)
-        missing = sorted(rights - principal.rights) if protocol.ALL not in principal.rights else []
-        if missing:
-            self.guard.require(principal, (missing[0],), f"admin:{op}", f"user {name}",
-                               f" (user {name} holds it: changing a user needs every right it holds)")
-
-    def _may_give_role(self, principal: Principal, role: str, op: str, user: str) -> None:
-        held = self.sync.topology.roles.get(role)
-        if held is None or protocol.ALL in principal.rights:
-            return
-        missing = sorted(set(held.rights) - principal.rights)
-        if missing:
-            self.guard.require(principal, (missing[0],), f"admin:{op}", f"user {user}: +role {role}",
-                               f" (role {role} gives it: giving a role needs every right it gives)")
 
     # -- login ----------------------------------------------------------------------------------
 
@@ -227,7 +208,7 @@ class AccessAdmin:
             window = self._failures.get(who)
             while window and now - window[0] > FAILURE_WINDOW:
                 window.popleft()
-            if window is not None and len(window) >= MAX_FAILURES:
+            if window is not None and len(window) >= (MAX_USER_FAILURES if who.startswith("user:") else MAX_FAILURES):
                 self.guard.deny(principal, "admin:login", f"user {name}", QueueFull("too many failed logins"))
                 raise QueueFull(f"too many failed logins for {who.split(':')[0]} {name if who.startswith('user') else 'key'}; "
                                 f"wait a minute and try again")
@@ -292,7 +273,9 @@ class AccessAdmin:
         def done(outcome: Any, error: BaseException | None) -> None:
             if error is not None:
                 self.sync.note_error(error)
-                if isinstance(error, EcdError) and not isinstance(error, StoreUnavailable):
+                if isinstance(error, Forbidden):
+                    self.guard.deny(principal, f"admin:{op}", obj, error)
+                elif isinstance(error, EcdError) and not isinstance(error, StoreUnavailable):
                     self.audit.record(user=principal.label, key=principal.key, op=op, object=obj,
                                       outcome=f"error ({error.code}): {error.message}")
                 self._fail(peer, request_id, error)

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +38,10 @@ class Users:
         self.admin = self.client("admin", admin_password(node.data_dir))
         self.admin.login()
 
-    def client(self, name: str, password: str, **kwargs: Any) -> Client:
+    def client(self, name: str, password: str, folder: str = "", **kwargs: Any) -> Client:
+        """A client of ``name`` with the key pair of ``folder`` (default: the user's own)."""
         assert self.node.listen
-        return Client(self.node.listen, server_key=self.node.key, config_dir=self.base / name, user=name,
+        return Client(self.node.listen, server_key=self.node.key, config_dir=self.base / (folder or name), user=name,
                       password=password, **kwargs)
 
     def make(self, name: str, *rights: str) -> Client:
@@ -284,7 +286,7 @@ def test_insecure_serves_plain_tcp_on_loopback_only(ecd_factory: Callable[..., E
 @given(op=st.one_of(st.sampled_from(sorted(r[6:] for r in __import__("ecd.access", fromlist=["RULES"]).RULES
                                            if r.startswith("admin:"))), st.text(min_size=1, max_size=20)),
        args=st.dictionaries(st.text(max_size=12), st.recursive(
-           st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+           st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=30)
            | st.binary(max_size=30), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
            max_leaves=12), max_size=5))
 def test_a_logged_in_but_hostile_client_never_takes_the_node_down(secured: tuple[EcdProcess, Users], op: str,
@@ -311,7 +313,8 @@ def _hostile(users: Users) -> Client:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(socket=st.one_of(st.just("sample.tasks.do_this"), st.text(min_size=1, max_size=40)),
-       args=st.lists(st.none() | st.integers() | st.text(max_size=40) | st.binary(max_size=40), max_size=4),
+       args=st.lists(st.none() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=40) | st.binary(max_size=40),
+                     max_size=4),
        call_id=st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)))
 def test_hostile_calls_never_take_the_node_down(secured: tuple[EcdProcess, Users], socket: str, args: list[Any],
                                                call_id: str) -> None:
@@ -321,3 +324,113 @@ def test_hostile_calls_never_take_the_node_down(secured: tuple[EcdProcess, Users
     except ServerError as exc:
         assert exc.code in (404, 409, 422), (socket, call_id, exc)
     assert node.proc is not None and node.proc.poll() is None
+
+
+# ----------------------------------------------------------------------------- found by red-teaming
+
+
+def test_admitting_a_node_key_needs_all(secured: tuple[EcdProcess, Users]) -> None:
+    """A node key makes a mesh member (it holds copies of every user's calls): ADD_NODE, CREATE or
+    UPDATE_NODE alone cannot register one, directly or through apply."""
+    _node, users = secured
+    rogue = users.make("rogue", "ADD_NODE", "UPDATE_NODE", "CREATE", "UPDATE")
+    key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+    assert rogue.add("node", name="plain-node", cpus=2)["name"] == "plain-node"  # no key: fine
+    for attempt_it in (lambda: rogue.add("node", name="rogue-node", key=key),
+                       lambda: rogue.update("node", "plain-node", key=key),
+                       lambda: rogue.apply({"nodes": [{"name": "rogue-node2", "key": key}]})):
+        with pytest.raises(ServerError) as info:
+            attempt_it()
+        assert info.value.code == 403 and "lacks ALL" in info.value.reason
+    assert {n["name"]: n.get("key") for n in users.admin.ls("nodes")}.get("plain-node") in ("", None)
+
+
+def test_processor_rights_are_field_by_field(secured: tuple[EcdProcess, Users]) -> None:
+    """EDIT_PROCESSOR_CONFIG tunes a processor; it cannot point it at other code (EDIT_PROCESSOR_CODE)
+    nor pause or stop it (PAUSE_/STOP_PROCESSOR)."""
+    _node, users = secured
+    tuner = users.make("tuner", "EDIT_PROCESSOR_CONFIG")
+    assert tuner.update("processor", "proc1", retry_delay=0.2)["retry_delay"] == 0.2
+    for fields in ({"gitrepo": "file:///tmp/evil"}, {"module": "os"}, {"paused": True}, {"enabled": False}):
+        with pytest.raises(ServerError) as info:
+            tuner.update("processor", "proc1", **fields)
+        assert info.value.code == 403, fields
+    coder = users.make("coder", "EDIT_PROCESSOR_CODE")
+    with pytest.raises(ServerError) as info:
+        coder.update("processor", "proc1", concurrency=1)
+    assert info.value.code == 403 and "EDIT_PROCESSOR_CONFIG" in info.value.reason
+
+
+def test_a_new_password_or_disabling_ends_the_users_logins(secured: tuple[EcdProcess, Users]) -> None:
+    _node, users = secured
+    for change in ({"password": "a-new-password"}, {"enabled": False}):
+        name = f"victim{len(change['password']) if 'password' in change else 0}"
+        victim = users.make(name, "READ")
+        stolen = users.client(name, "")  # the same key pair, without the password
+        stolen._password = None
+        assert stolen.whoami()["user"] == name
+        users.admin.update_user(name, **change)
+        with pytest.raises(ServerError) as info:
+            stolen.whoami()
+        assert info.value.code == 401
+        victim.close()
+    users.admin.update_user("victim0", enabled=True)
+    with pytest.raises(ServerError) as info:  # the right password of a disabled user says nothing more
+        users.client("victim14", "victim14-password").login()
+    assert info.value.reason == "bad user name or password"
+
+
+def test_an_open_listen_ends_when_its_login_does(secured: tuple[EcdProcess, Users]) -> None:
+    _node, users = secured
+    listener = users.make("listener", "READ_LOG")
+    outcome: list[BaseException] = []
+
+    def listen() -> None:
+        try:
+            for _event in listener.listen("", "task", ttl=600, timeout=120):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - what ended it is the test's to see
+            outcome.append(exc)
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    wait_for(lambda: users.admin.status()["listen"]["listeners"] >= 1, 30, what="the listener subscribed")
+    users.admin.delete_privilege("READ_LOG", user="listener")  # while it listens: it ends at once
+    wait_for(lambda: outcome, 30, what="the listen to end")
+    thread.join(10)
+    assert isinstance(outcome[0], ServerError) and outcome[0].code == 403, outcome
+
+
+def test_nobody_deletes_a_role_that_gives_more_than_they_hold(secured: tuple[EcdProcess, Users]) -> None:
+    _node, users = secured
+    users.admin.add_role("admins")
+    users.admin.add_privilege("ALL", role="admins")
+    remover = users.make("remover", "DELETE_ROLE")
+    with pytest.raises(ServerError) as info:
+        remover.delete_role("admins")
+    assert info.value.code == 403 and "lacks ALL" in info.value.reason
+    applier = users.make("applier", "ADD_QUEUE")
+    with pytest.raises(ServerError) as info:  # apply: the kinds first, before anything is read
+        applier.apply({"sockets": [{"name": "x"}], "queues": [{"name": "fine"}]})
+    assert info.value.code == 403 and "lacks ADD_SOCKET" in info.value.reason
+    with pytest.raises(ServerError) as info:
+        applier.apply({"queues": [{"name": "fine"}]}, prune=True)
+    assert info.value.code == 403 and "lacks DELETE_QUEUE" in info.value.reason
+    assert applier.apply({"queues": [{"name": "fine"}]})["changes"][0]["name"] == "fine"
+
+
+def test_failed_logins_of_one_key_do_not_lock_others_out(secured: tuple[EcdProcess, Users]) -> None:
+    _node, users = secured
+    users.make("target")
+    guesser = users.client("target", "wrong password")
+    codes = [attempt_code(guesser.login) for _ in range(11)]
+    assert codes[:10] == [401] * 10 and codes[10] == 429  # this key waits a minute...
+    assert users.client("target", "target-password", folder="elsewhere").login()["user"] == "target"  # ...not the user
+
+
+def attempt_code(action: Callable[[], Any]) -> int:
+    try:
+        action()
+    except ServerError as exc:
+        return exc.code
+    return 0

@@ -241,3 +241,100 @@ def test_a_member_cannot_forge_the_outcome_of_a_call_it_does_not_own(
         finally:
             for peer in peers.values():
                 peer.close()
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS"))
+
+
+def test_a_stranger_cannot_make_the_node_decode_a_big_body(ecd_factory: Callable[..., EcdProcess]) -> None:
+    """16 MiB of empty maps (a msgpack body that expands to over a gigabyte) from a key nobody
+    logged in with is refused (413) before it is decoded: the node's memory does not move."""
+    node = tcp_node(ecd_factory)
+    assert node.listen
+    before = _rss_mib(node.pid)
+    count = 16 << 20
+    body = b"\x82\xa2op\xa5login\xa4args" + b"\xdd" + count.to_bytes(4, "big") + b"\x80" * count
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = node.key.encode()
+    sock.connect(node.listen)
+    try:
+        for _ in range(3):
+            sock.send_multipart([bytes([0x45, 0x43, 1, protocol.ADMIN]), b"bomb", b"\x80", body])
+        for _ in range(3):
+            assert sock.poll(60_000)
+            reply = protocol.decode(sock.recv_multipart())
+            assert isinstance(reply, protocol.Error) and reply.code == protocol.E_TOO_LARGE
+            assert "ecctl login" in reply.reason and reply.request_id == b"bomb"
+    finally:
+        sock.close(0)
+    assert isinstance(raw_request(node.listen, protocol.Ping(request_id=b"p"), server_key=node.key), protocol.Pong)
+    assert _rss_mib(node.pid) - before < 150  # decoded, the bodies would take gigabytes
+
+
+def test_another_key_cannot_take_over_a_clients_routing_identity(
+        ecd_factory: Callable[..., EcdProcess], sample_repo: str) -> None:
+    """A client may fix its routing id; on CURVE a second connection with the same id (another
+    key) gets none of the first one's replies."""
+    node = tcp_node(ecd_factory)
+    assert node.listen
+    with Client(node.endpoint) as local:
+        register_sample(local, sample_repo, concurrency=1)
+        local.add_user("victim", "victim-password")
+        local.add_privilege("RUN_TASK", user="victim")
+    context = zmq.Context.instance()
+    victim, thief = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+    try:
+        for sock in (victim, thief):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, b"fixed-id")
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+            sock.curve_serverkey = node.key.encode()
+        victim.connect(node.listen)
+        victim.send_multipart(protocol.encode(protocol.Admin(op="login", args={"user": "victim",
+                                                                                "password": "victim-password"},
+                                                             request_id=b"login")))
+        assert victim.poll(30_000) and isinstance(protocol.decode(victim.recv_multipart()), protocol.Reply)
+        call = protocol.Call(socket="sample.tasks.slow_echo", args=protocol.pack(["mine", 1.0]), kwargs=protocol.pack({}),
+                             call_id=str(uuid.uuid4()), request_id=b"call")
+        victim.send_multipart(protocol.encode(call))
+        assert victim.poll(30_000) and isinstance(protocol.decode(victim.recv_multipart()), protocol.Accepted)
+        victim.send_multipart(protocol.encode(protocol.Get(call_id=call.call_id, wait_ms=20_000, request_id=b"get")))
+        thief.connect(node.listen)
+        thief.send_multipart(protocol.encode(protocol.Ping(request_id=b"p")))
+        assert victim.poll(30_000)
+        result = protocol.decode(victim.recv_multipart())
+        assert isinstance(result, protocol.Result) and protocol.unpack(result.value) == "mine"
+        assert not thief.poll(500)  # refused as a second connection of the same id: it hears nothing
+    finally:
+        victim.close(0)
+        thief.close(0)
+
+
+def test_a_flood_of_refusals_is_counted_not_written_row_by_row(ecd_factory: Callable[..., EcdProcess]) -> None:
+    node = tcp_node(ecd_factory)
+    assert node.listen
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = node.key.encode()
+    sock.connect(node.listen)
+    try:
+        flood = 3000
+        for i in range(flood):
+            sock.send_multipart(protocol.encode(protocol.Get(call_id=f"c{i}", wait_ms=0, request_id=b"g")))
+        for _ in range(flood):
+            assert sock.poll(30_000)
+            sock.recv_multipart()
+    finally:
+        sock.close(0)
+    with Client(node.endpoint) as local:
+        rows = [row for row in local.ls_audit(10_000) if row["op"] == "GET"]
+    assert 1 <= len(rows) < 50, len(rows)
+    total = sum(int(row["outcome"].rsplit("(x", 1)[1].rstrip(")")) if "(x" in row["outcome"] else 1 for row in rows)
+    assert total == flood

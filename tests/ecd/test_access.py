@@ -75,7 +75,8 @@ EXPECTED = {
     "LS_QUEUES": {"admin:ls_queues"},
     "READ_QUEUE": {"admin:ls_queues"},
     "ADD_PROCESSOR": {"admin:add_processor"},
-    "EDIT_PROCESSOR_CONFIG": {"admin:update_processor"},
+    "EDIT_PROCESSOR_CONFIG": {"admin:update_processor"},  # per field: see test_field_rights
+    "EDIT_PROCESSOR_CODE": {"admin:update_processor"},
     "PAUSE_PROCESSOR": {"admin:proc_pause"},
     "RESUME_PROCESSOR": {"admin:proc_resume"},
     "START_PROCESSOR": {"admin:proc_start", "admin:proc_restart"},
@@ -199,3 +200,16 @@ def test_who_may_give_a_node_a_copy(sender: str, incoming: dict, current: dict |
     me = "Z" if current is not None and current.get("owner") == "Z" else "A"
     why = integrity.refusal(sender, incoming, current, me, draining)
     assert (why == "") == ok, why
+
+
+def test_field_rights_keep_code_keys_and_states_apart() -> None:
+    from ecd.admin import field_rights
+
+    assert field_rights("node", {"endpoint": "tcp://h:1"}) == []
+    assert field_rights("node", {"key": "k" * 40}) == [(("ALL",), "its key")]
+    needs = dict((field, rights) for rights, field in field_rights(
+        "processor", {"name": "p", "concurrency": 2, "gitrepo": "x", "paused": True, "enabled": False}))
+    assert needs == {"concurrency": ("EDIT_PROCESSOR_CONFIG", "UPDATE_PROCESSOR", "UPDATE"),
+                     "gitrepo": ("EDIT_PROCESSOR_CODE", "UPDATE_PROCESSOR", "UPDATE"),
+                     "paused": ("PAUSE_PROCESSOR", "UPDATE_PROCESSOR", "UPDATE"),
+                     "enabled": ("STOP_PROCESSOR", "UPDATE_PROCESSOR", "UPDATE")}
