@@ -237,30 +237,25 @@ def ls_roles_cmd(ctx: click.Context, json_flag: bool) -> None:
              lambda r: [r.get("name"), _names(r.get("rights")), _names(r.get("users"))])
 
 
-@add_group.command("privilege")
-@click.option("-u", "--user", help="User to give the right to.")
-@click.option("-r", "--role", help="Role to give the right to.")
-@click.option("-n", "--name", "right", required=True, metavar="RIGHT", help="The right (e.g. ADD_PROCESSOR).")
-@json_option
-@click.pass_context
-def add_privilege_cmd(ctx: click.Context, user: str | None, role: str | None, right: str, json_flag: bool) -> None:
-    """Give a right to a user or a role (one can give only rights one holds)."""
-    state = state_of(ctx, json_flag)
-    data = state.client.add_privilege(right, **_holder(user, role))
-    show(state, data, "Privilege added" + _lagging(data))
+def _privilege_command(group: click.Group, action: str, text: str) -> None:
+    """``add privilege`` / ``delete privilege`` (-u USER | -r ROLE) -n RIGHT."""
+    verb = "give the right to" if action == "add" else "take the right from"
+
+    @click.pass_context
+    def callback(ctx: click.Context, user: str | None, role: str | None, right: str, json_flag: bool) -> None:
+        state = state_of(ctx, json_flag)
+        data = getattr(state.client, f"{action}_privilege")(right, **_holder(user, role))
+        show(state, data, f"Privilege {'added' if action == 'add' else 'deleted'}" + _lagging(data))
+
+    group.add_command(click.Command("privilege", callback=callback, help=text, params=[
+        click.Option(["-u", "--user"], help=f"User to {verb}."),
+        click.Option(["-r", "--role"], help=f"Role to {verb}."),
+        click.Option(["-n", "--name", "right"], required=True, metavar="RIGHT", help="The right (e.g. ADD_PROCESSOR)."),
+        json_param()]))
 
 
-@delete_cmd.command("privilege")
-@click.option("-u", "--user", help="User to take the right from.")
-@click.option("-r", "--role", help="Role to take the right from.")
-@click.option("-n", "--name", "right", required=True, metavar="RIGHT", help="The right.")
-@json_option
-@click.pass_context
-def delete_privilege_cmd(ctx: click.Context, user: str | None, role: str | None, right: str, json_flag: bool) -> None:
-    """Take a right from a user or a role (refused everywhere at once)."""
-    state = state_of(ctx, json_flag)
-    data = state.client.delete_privilege(right, **_holder(user, role))
-    show(state, data, "Privilege deleted" + _lagging(data))
+_privilege_command(add_group, "add", "Give a right to a user or a role (one can give only rights one holds).")
+_privilege_command(delete_cmd, "delete", "Take a right from a user or a role (refused everywhere at once).")
 
 
 @ls_group.command("audit")

@@ -31,18 +31,24 @@ def tcp_node(ecd_factory: Callable[..., EcdProcess], name: str = "n1", **kwargs:
                        extra=("--name", name, "--heartbeat", "0.5", *kwargs.pop("extra", ())), **kwargs)
 
 
-def raw_request(endpoint: str, message: Any, *, server_key: str | None = None,
-                keys: tuple[bytes, bytes] | None = None, timeout: float = 2.0) -> Any:
-    """Send one message as a raw DEALER (CURVE when ``server_key`` is given, with ``keys`` or a
-    fresh key pair); the decoded reply, or None when nothing came back in time."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
+def raw_socket(server_key: str | None, routing_id: bytes | None = None) -> zmq.Socket:
+    """A raw DEALER, not yet connected: a CURVE client of ``server_key`` with a fresh key pair
+    (plain tcp when None)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    if server_key is not None:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_key.encode()
+    return sock
+
+
+def raw_request(endpoint: str, message: Any, *, server_key: str | None = None, timeout: float = 2.0) -> Any:
+    """Send one message as a raw DEALER (CURVE when ``server_key`` is given, with a fresh key
+    pair); the decoded reply, or None when nothing came back in time."""
+    sock = raw_socket(server_key)
     try:
-        if server_key is not None:
-            public, secret = keys or zmq.curve_keypair()
-            sock.curve_publickey, sock.curve_secretkey = public, secret
-            sock.curve_serverkey = server_key.encode()
         sock.connect(endpoint)
         sock.send_multipart(protocol.encode(message))
         if not sock.poll(int(timeout * 1000)):
@@ -119,12 +125,7 @@ def test_a_spoofed_drain_does_nothing(ecd_factory: Callable[..., EcdProcess]) ->
         victim = local.status()["node_id"]
     drain = protocol.PeerMessage(command=protocol.DRAIN, body={"drain": True}, credentials={"node": victim})
     for server_key in (None, node.key):  # plain tcp, then CURVE with a key that is no node's
-        context = zmq.Context.instance()
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if server_key is not None:
-            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-            sock.curve_serverkey = server_key.encode()
+        sock = raw_socket(server_key)
         sock.connect(node.listen)
         for _ in range(5):
             sock.send_multipart(protocol.encode(drain))
@@ -256,11 +257,7 @@ def test_a_stranger_cannot_make_the_node_decode_a_big_body(ecd_factory: Callable
     before = _rss_mib(node.pid)
     count = 16 << 20
     body = b"\x82\xa2op\xa5login\xa4args" + b"\xdd" + count.to_bytes(4, "big") + b"\x80" * count
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-    sock.curve_serverkey = node.key.encode()
+    sock = raw_socket(node.key)
     sock.connect(node.listen)
     try:
         for _ in range(3):
@@ -286,14 +283,8 @@ def test_another_key_cannot_take_over_a_clients_routing_identity(
         register_sample(local, sample_repo, concurrency=1)
         local.add_user("victim", "victim-password")
         local.add_privilege("RUN_TASK", user="victim")
-    context = zmq.Context.instance()
-    victim, thief = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+    victim, thief = raw_socket(node.key, b"fixed-id"), raw_socket(node.key, b"fixed-id")
     try:
-        for sock in (victim, thief):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, b"fixed-id")
-            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-            sock.curve_serverkey = node.key.encode()
         victim.connect(node.listen)
         victim.send_multipart(protocol.encode(protocol.Admin(op="login", args={"user": "victim",
                                                                                 "password": "victim-password"},
@@ -318,11 +309,7 @@ def test_another_key_cannot_take_over_a_clients_routing_identity(
 def test_a_flood_of_refusals_is_counted_not_written_row_by_row(ecd_factory: Callable[..., EcdProcess]) -> None:
     node = tcp_node(ecd_factory)
     assert node.listen
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-    sock.curve_serverkey = node.key.encode()
+    sock = raw_socket(node.key)
     sock.connect(node.listen)
     try:
         flood = 3000
