@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +26,20 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
+import protocol
+
 from .errors import EcctlError, UnknownServerKey
 
 __all__ = ["ClientKeys", "KnownNodes", "UnknownServerKey", "client_keys", "config_dir", "curve_client", "is_key"]
 
 log = logging.getLogger(__name__)
 
-#: A CURVE public key in Z85 (ZeroMQ's alphabet), 40 characters.
-_KEY_RE = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}", re.ASCII)
 KNOWN_NODES = "known_nodes"
 CLIENT_KEY = "client"
 
 
 def is_key(text: object) -> bool:
-    return isinstance(text, str) and _KEY_RE.fullmatch(text) is not None
+    return isinstance(text, str) and protocol.CURVE_KEY_RE.fullmatch(text) is not None
 
 
 def config_dir() -> Path:

@@ -88,8 +88,9 @@ class Guard:
             self._principals[key] = found
         return found
 
-    def admit(self, peer: Any, request: str, obj: str = "") -> Principal:
-        """The principal of ``peer``'s request, if it may make it; else audit and raise."""
+    def admit(self, peer: Any, request: str, obj: Callable[[], str] = str) -> Principal:
+        """The principal of ``peer``'s request, if it may make it; else audit (``obj()`` names what
+        it was about: worked out only then) and raise."""
         principal = self.principal(peer)
         rule = access.rule_for(request)
         if rule is not None and rule.public:
@@ -97,7 +98,7 @@ class Guard:
         try:
             access.authorize(principal, request, rule)
         except AccessError as exc:
-            self.deny(principal, request, obj, exc)
+            self.deny(principal, request, obj(), exc)
             raise
         return principal
 

@@ -16,14 +16,11 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.utils import z85
 
 from .errors import ConfigError
 
 #: Name of the key files in the keys folder.
 KEY_NAME = "node"
-#: Length of a Z85 CURVE key.
-Z85_KEY_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -40,16 +37,6 @@ class KeyPair:
 
 def keys_dir(data_dir: Path) -> Path:
     return data_dir / "keys"
-
-
-def is_z85_key(text: object) -> bool:
-    """True for a Z85-encoded 32-byte CURVE key (40 characters)."""
-    if not isinstance(text, str) or len(text) != Z85_KEY_CHARS:
-        return False
-    try:
-        return len(z85.decode(text.encode("ascii"))) == 32
-    except (ValueError, UnicodeEncodeError, KeyError):
-        return False
 
 
 def load_or_create(data_dir: Path) -> tuple[KeyPair, bool]:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from croniter import croniter
 
 from ecd.errors import InvalidName
+from protocol import CURVE_KEY_RE
 
 __all__ = [
     "FIELDS",
@@ -74,15 +75,13 @@ _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _COMMIT_RE = re.compile(r"[0-9a-fA-F]{4,64}", re.ASCII)
 _RATE_RE = re.compile(r"[1-9][0-9]{0,8}/[smh]", re.ASCII)
 _CRON_FIELD_RE = re.compile(r"[0-9A-Za-z*/,?#-]{1,20}", re.ASCII)
-#: A CURVE public key in Z85 (ZeroMQ's alphabet), 40 characters.
-_Z85_KEY_RE = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}", re.ASCII)
 
 
 def check_key(value: Any, what: str = "key", empty: bool = True) -> str:
     """A CURVE public key in Z85 (40 characters), as ``ecd keys show`` prints it ("" for none)."""
     if value == "" and empty:
         return value
-    if not isinstance(value, str) or not _Z85_KEY_RE.fullmatch(value):
+    if not isinstance(value, str) or not CURVE_KEY_RE.fullmatch(value):
         raise InvalidName(f"invalid {what} {str(value)[:60]!r}: expected the 40-character Z85 key `ecd keys show` prints")
     return value
 

@@ -470,7 +470,8 @@ class Node:
             if isinstance(message, protocol.PeerMessage):
                 self._handle_peer(peer, message)
                 return
-            peer = dataclasses.replace(peer, principal=self.guard.admit(peer, *_request_of(message)))
+            peer = dataclasses.replace(peer, principal=self.guard.admit(peer, _request_name(message),
+                                                                         lambda: _object_of(message)))
             if isinstance(message, protocol.Call):
                 self._handle_call(peer, message)
             elif isinstance(message, protocol.Calls):
@@ -493,7 +494,7 @@ class Node:
                             f"{type(message).__name__} is not a request")
         except EcdError as exc:
             if isinstance(exc, AccessError) and peer.principal is not None:  # refused inside a handler
-                self.guard.deny(peer.principal, *_request_of(message), exc)
+                self.guard.deny(peer.principal, _request_name(message), _object_of(message), exc)
             self._error(peer, message.request_id, exc.code, exc.message)
         except Exception:
             logger.exception("request %s failed", type(message).__name__)
@@ -1794,21 +1795,27 @@ _REQUESTS = {protocol.Ping: "PING", protocol.Call: "CALL", protocol.Calls: "CALL
              protocol.Stream: "STREAM", protocol.Get: "GET", protocol.Listen: "LISTEN"}
 
 
-def _request_of(message: Any) -> tuple[str, str]:
-    """The request name of a client message and the object it is about (for the audit log)."""
+def _request_name(message: Any) -> str:
+    """The request name of a client message (:data:`ecd.access.RULES`)."""
+    if isinstance(message, protocol.Admin):
+        return f"admin:{message.op}"
+    return _REQUESTS.get(type(message), type(message).__name__.upper())
+
+
+def _object_of(message: Any) -> str:
+    """What a refused request was about, for the audit log."""
     if isinstance(message, protocol.Admin):
         name = message.args.get("name") if isinstance(message.args.get("name"), str) else ""
-        return f"admin:{message.op}", name or str(message.args.get("id") or message.args.get("user") or "")[:200]
-    request = _REQUESTS.get(type(message), type(message).__name__.upper())
+        return name or str(message.args.get("id") or message.args.get("user") or "")[:200]
     if isinstance(message, protocol.Call):
-        return request, message.socket
+        return message.socket
     if isinstance(message, (protocol.Get, protocol.Stream)):
-        return request, message.call_id
+        return message.call_id
     if isinstance(message, protocol.Listen):
-        return request, message.name
+        return message.name
     if isinstance(message, protocol.Calls):
-        return request, f"{len(message.calls)} call(s)"
-    return request, ""
+        return f"{len(message.calls)} call(s)"
+    return ""
 
 
 def storage_error(exc: OSError) -> bool:

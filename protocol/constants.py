@@ -115,6 +115,8 @@ MAX_NAME_CHARS: Final = 200
 #: Longest call id; ids match CALL_ID_RE.
 MAX_CALL_ID_CHARS: Final = 64
 CALL_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+#: A CURVE public key as ``ecd keys show`` prints it: 40 characters of ZeroMQ's Z85 alphabet.
+CURVE_KEY_RE: Final = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}", re.ASCII)
 #: Longest admin op name.
 MAX_OP_CHARS: Final = 64
 #: Longest call state string in PENDING.
